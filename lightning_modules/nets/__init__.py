@@ -1,0 +1,27 @@
+"""Network architectures (plain ``nn.Module``s, no training logic)."""
+
+from lightning_modules.nets.mmdensenet import (
+    FULL_BAND,
+    HIGH_BAND,
+    LOW_BAND,
+    BandConfig,
+    DenseBlock,
+    DenseLayer,
+    Downsample,
+    MDenseNet,
+    MMDenseNet,
+    Upsample,
+)
+
+__all__ = [
+    "FULL_BAND",
+    "HIGH_BAND",
+    "LOW_BAND",
+    "BandConfig",
+    "DenseBlock",
+    "DenseLayer",
+    "Downsample",
+    "MDenseNet",
+    "MMDenseNet",
+    "Upsample",
+]

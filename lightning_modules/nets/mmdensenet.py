@@ -1,0 +1,275 @@
+"""MMDenseNet (Takahashi & Mitsufuji 2017) as implemented in the efficient-MSS master thesis.
+
+Follows Section 3.2 / 3.2.1 of the thesis: convolutions have no bias except the input and
+output convolutions (BatchNorm supplies the bias everywhere else), a dense block outputs only
+the last dense layer's ``k`` maps, and the low/high band outputs are zero-padded in channels
+before being joined along frequency. The default model has exactly 268,929 parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OUTPUT_ACTIVATIONS = ("relu", "none", "abs", "sigmoid")
+
+
+class DenseLayer(nn.Module):
+    """Pre-activation composite function BN -> ReLU -> 3x3 conv producing ``growth_rate`` maps.
+
+    The conv has no bias because the following layer's BatchNorm makes it redundant.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.relu(self.norm(x)))
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` densely connected layers; the output is only the LAST layer's maps.
+
+    Layer ``i`` sees the block input concatenated with all previous layer outputs. Returning
+    only the last layer (as in Fig. 1 of the MMDenseNet paper) keeps channel counts at ``k``
+    instead of growing with every block.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, num_layers: int) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.in_channels = in_channels
+        self.out_channels = growth_rate
+        self.layers = nn.ModuleList(
+            DenseLayer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        out = x
+        for layer in self.layers:
+            out = layer(torch.cat(features, dim=1) if len(features) > 1 else features[0])
+            features.append(out)
+        return out
+
+
+class Downsample(nn.Module):
+    """1x1 bias-free conv (channels preserved) followed by 2x2 average pooling."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.conv(x))
+
+
+class Upsample(nn.Module):
+    """2x2 stride-2 bias-free transposed conv (channels preserved), mirroring the pooling."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class MDenseNet(nn.Module):
+    """Multi-scale DenseNet: a U-Net of dense blocks (one band of the MMDenseNet).
+
+    ``growth_rates`` and ``layers`` list one entry per dense block in order encoder ->
+    bottleneck -> decoder, so ``2 * s + 1`` entries for ``s`` scales. The input spatial size
+    must be divisible by ``2 ** s``. Output channels equal the last growth rate.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth_rates: Sequence[int],
+        layers: Sequence[int],
+        input_kernel_size: int = 3,
+        first_channels: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(growth_rates) != len(layers):
+            raise ValueError("growth_rates and layers must have the same length")
+        if len(growth_rates) % 2 != 1:
+            raise ValueError("need an odd number of dense blocks (2 * scales + 1)")
+        if input_kernel_size % 2 != 1:
+            raise ValueError("input_kernel_size must be odd for 'same' padding")
+        self.scales = len(growth_rates) // 2
+        # Biased input conv: there is no BatchNorm in front of it to provide an offset.
+        self.input_conv = nn.Conv2d(
+            in_channels,
+            first_channels,
+            kernel_size=input_kernel_size,
+            padding=input_kernel_size // 2,
+            bias=True,
+        )
+
+        s = self.scales
+        self.encoder = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        channels = first_channels
+        skip_channels: list[int] = []
+        for k, n in zip(growth_rates[:s], layers[:s], strict=True):
+            self.encoder.append(DenseBlock(channels, k, n))
+            channels = k
+            skip_channels.append(channels)
+            self.downsamples.append(Downsample(channels))
+
+        self.bottleneck = DenseBlock(channels, growth_rates[s], layers[s])
+        channels = growth_rates[s]
+
+        self.upsamples = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for k, n in zip(growth_rates[s + 1 :], layers[s + 1 :], strict=True):
+            self.upsamples.append(Upsample(channels))
+            self.decoder.append(DenseBlock(channels + skip_channels.pop(), k, n))
+            channels = k
+        self.out_channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = 2**self.scales
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ValueError(
+                f"spatial size {tuple(x.shape[-2:])} must be divisible by {factor} "
+                f"for {self.scales} scales"
+            )
+        out = self.input_conv(x)
+        skips: list[Tensor] = []
+        for block, down in zip(self.encoder, self.downsamples, strict=True):
+            out = block(out)
+            skips.append(out)
+            out = down(out)
+        out = self.bottleneck(out)
+        for up, block in zip(self.upsamples, self.decoder, strict=True):
+            out = block(torch.cat([up(out), skips.pop()], dim=1))
+        return out
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    """Growth rate and layer count per dense block of one MDenseNet (encoder -> decoder)."""
+
+    growth_rates: tuple[int, ...]
+    layers: tuple[int, ...]
+
+
+# Table 1 of Takahashi & Mitsufuji (2017), s = 3 scales -> 7 dense blocks per band.
+LOW_BAND = BandConfig(growth_rates=(14, 16, 16, 16, 16, 16, 16), layers=(4,) * 7)
+HIGH_BAND = BandConfig(growth_rates=(10,) * 7, layers=(3,) * 7)
+FULL_BAND = BandConfig(growth_rates=(6,) * 7, layers=(2, 2, 2, 4, 2, 2, 2))
+
+
+class MMDenseNet(nn.Module):
+    """Multi-scale multi-band DenseNet estimating one source's magnitude spectrogram.
+
+    Input ``(B, in_channels, F, T)``; output ``(B, out_channels, F, T)``. A low-band and a
+    high-band MDenseNet see the bins below / from ``split_bin`` (default ``F // 2``), a
+    full-band MDenseNet sees all bins. Band outputs are zero-padded in channels to a common
+    count and joined along frequency (low first), then concatenated in channels with the
+    full-band output, and fed through a final dense block and a biased 1x1 output conv.
+
+    Either band pair (``low``/``high``) or ``full`` may be ``None`` to build single-path
+    variants; at least one path must remain.
+    """
+
+    def __init__(
+        self,
+        input_kernel_size: int = 3,
+        output_activation: str = "relu",
+        in_channels: int = 1,
+        out_channels: int = 1,
+        low: BandConfig | None = LOW_BAND,
+        high: BandConfig | None = HIGH_BAND,
+        full: BandConfig | None = FULL_BAND,
+        final_growth_rate: int = 4,
+        final_layers: int = 2,
+        first_channels: int = 32,
+        split_bin: int | None = None,
+    ) -> None:
+        super().__init__()
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}"
+            )
+        if (low is None) != (high is None):
+            raise ValueError("low and high band must be given together (or both None)")
+        if low is None and full is None:
+            raise ValueError("at least one of the band pair or the full band is required")
+        self.output_activation = output_activation
+        self.split_bin = split_bin
+
+        def build(cfg: BandConfig | None) -> MDenseNet | None:
+            if cfg is None:
+                return None
+            return MDenseNet(
+                in_channels, cfg.growth_rates, cfg.layers, input_kernel_size, first_channels
+            )
+
+        self.low_band = build(low)
+        self.high_band = build(high)
+        self.full_band = build(full)
+
+        self.band_channels = 0
+        if self.low_band is not None and self.high_band is not None:
+            self.band_channels = max(self.low_band.out_channels, self.high_band.out_channels)
+        joined = self.band_channels + (self.full_band.out_channels if self.full_band else 0)
+        self.final_block = DenseBlock(joined, final_growth_rate, final_layers)
+        # Biased output conv so earlier layers need not absorb the target's offset/scale.
+        self.output_conv = nn.Conv2d(final_growth_rate, out_channels, kernel_size=1, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal conv weights (ReLU gain), zero biases, BatchNorm to identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _pad_channels(x: Tensor, channels: int) -> Tensor:
+        """Zero-pad the channel dimension of ``x`` up to ``channels``."""
+        missing = channels - x.shape[1]
+        if missing == 0:
+            return x
+        return F.pad(x, (0, 0, 0, 0, 0, missing))
+
+    def join_bands(self, x: Tensor) -> Tensor:
+        """Run the parallel MDenseNets and return the joined tensor fed to the final block.
+
+        Channel layout: ``[band_channels of low|high joined along frequency, full-band]``.
+        """
+        parts: list[Tensor] = []
+        if self.low_band is not None and self.high_band is not None:
+            split = self.split_bin if self.split_bin is not None else x.shape[-2] // 2
+            low = self._pad_channels(self.low_band(x[..., :split, :]), self.band_channels)
+            high = self._pad_channels(self.high_band(x[..., split:, :]), self.band_channels)
+            parts.append(torch.cat([low, high], dim=-2))
+        if self.full_band is not None:
+            parts.append(self.full_band(x))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.output_conv(self.final_block(self.join_bands(x)))
+        if self.output_activation == "relu":
+            return F.relu(out)
+        if self.output_activation == "abs":
+            return out.abs()
+        if self.output_activation == "sigmoid":
+            return torch.sigmoid(out)
+        return out

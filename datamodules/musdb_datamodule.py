@@ -1,0 +1,317 @@
+"""MUSDB18 for Lightning: the thesis's splits, decoded once, served as random mixes.
+
+Real MUSDB18 (stem.mp4 or the wav layout) is read through the ``musdb`` package. Without a
+root (no argument, no ``$MUSDB_ROOT``) a synthetic MUSDB-format wav tree is generated and read
+through exactly the same path, so every machine runs the real loading code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import lightning as L
+import musdb
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from datamodules.cache import SOURCES, SplitAudio, build_split, cache_key, load_split
+from datamodules.sampler import (
+    TARGET_SETS,
+    RandomMixBatches,
+    RandomMixSampler,
+    targets_from_sources,
+)
+from datamodules.synthetic import GENERATOR_VERSION, write_synthetic_musdb
+from lightning_modules.dsp import chunk_samples
+
+#: Default location of decoded caches and of the generated synthetic data set.
+DEFAULT_CACHE_DIR = Path(os.environ.get("MSS_CACHE_DIR", ".cache"))
+
+
+def resolve_root(root: str | None) -> str | None:
+    """The MUSDB18 root to use: the argument, else ``$MUSDB_ROOT``, else None (synthetic)."""
+    return root or os.environ.get("MUSDB_ROOT") or None
+
+
+def detect_is_wav(root: Path) -> bool:
+    """True for the decoded wav layout, False for stem.mp4 files."""
+    for subset in ("train", "test"):
+        if any((root / subset).glob("*.stem.mp4")):
+            return False
+        if any(p.is_dir() for p in (root / subset).glob("*")):
+            return True
+    raise FileNotFoundError(
+        f"{root} holds no MUSDB18 tracks: expected train/ and test/ with *.stem.mp4 files "
+        "or one folder per track (wav layout)"
+    )
+
+
+def official_validation_tracks() -> list[str]:
+    """musdb's own validation track list (from the package's setup file)."""
+    setup = yaml.safe_load((Path(musdb.__file__).parent / "configs" / "mus.yaml").read_text())
+    return list(setup["validation_tracks"])
+
+
+def validation_names(train_names: list[str], fraction: float, seed: int) -> list[str]:
+    """The thesis's 80/20 split of the 100 training tracks into train/valid.
+
+    musdb's official validation tracks are taken first (14 of the thesis's 20 on MUSDB18);
+    the rest are drawn with ``seed`` from the remaining tracks. On data sets without those
+    names (synthetic) the whole selection is seeded. At least one track stays on each side.
+    """
+    if len(train_names) < 2:
+        raise ValueError(
+            f"need at least 2 training tracks for a train/valid split, got {len(train_names)}"
+        )
+    wanted = min(len(train_names) - 1, max(1, round(fraction * len(train_names))))
+    official = [n for n in official_validation_tracks() if n in train_names]
+    chosen = official[:wanted]
+    rest = sorted(set(train_names) - set(chosen))
+    chosen += random.Random(seed).sample(rest, wanted - len(chosen))
+    return sorted(chosen)
+
+
+class FullTracks(Dataset):
+    """Whole tracks for test/predict: mixture (T,), targets (n_targets, T), name."""
+
+    def __init__(self, split: SplitAudio, targets: str, max_seconds: float | None = None) -> None:
+        self.split = split
+        self.targets = targets
+        self.max_samples = None if max_seconds is None else int(max_seconds * split.rate)
+
+    def __len__(self) -> int:
+        return len(self.split.names)
+
+    def __getitem__(self, index: int) -> dict:
+        sources = torch.from_numpy(self.split.track(index)[:, : self.max_samples].copy())
+        return {
+            "name": self.split.names[index],
+            "mixture": sources.sum(dim=0),
+            "targets": targets_from_sources(sources, self.targets),
+        }
+
+
+class MUSDBDataModule(L.LightningDataModule):
+    """Train/valid/test splits of the thesis over MUSDB18 or its synthetic stand-in.
+
+    Args:
+        root: MUSDB18 root; None uses ``$MUSDB_ROOT`` or, without it, the synthetic data set.
+        is_wav: wav layout (True) or stem.mp4 (False); None detects it from the files.
+        rate: sample rate of the models (thesis 32 kHz; other papers 16 kHz).
+        targets: "vocals" (vocals + accompaniment) or "all" (the four MUSDB sources).
+        context_frames: STFT frames per training example (64 or 8 in the thesis).
+        batch_size: examples per training batch (Table 3.1: 32).
+        excerpt_seconds: most-active stretch kept per training track (None: whole tracks).
+        valid_fraction: share of the training tracks held out for validation.
+        valid_chunks_per_track: fixed validation chunks per track (None: the whole track).
+        max_train_tracks, max_test_tracks: cap the number of tracks (smoke runs).
+        test_max_seconds: cut test tracks to their first seconds (smoke runs).
+        test_subset: "test" (the 50 test tracks) or "train" (all training tracks, whole; the
+            oracle experiments of thesis Table 5.3 are measured there).
+        gain_range: random source gains of the augmentation.
+        train_on_device: keep the training split on the training device when it fits.
+        seed: seeds the split and the random mixes.
+        synthetic: arguments of ``write_synthetic_musdb`` for the stand-in data set.
+        cache_dir: where decoded splits (and the synthetic data) are kept.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        is_wav: bool | None = None,
+        rate: int = 32000,
+        targets: str = "vocals",
+        context_frames: int = 64,
+        batch_size: int = 32,
+        excerpt_seconds: float | None = 150.0,
+        valid_fraction: float = 0.2,
+        valid_chunks_per_track: int | None = None,
+        max_train_tracks: int | None = None,
+        max_test_tracks: int | None = None,
+        test_max_seconds: float | None = None,
+        test_subset: str = "test",
+        gain_range: tuple[float, float] = (0.25, 1.25),
+        train_on_device: bool = True,
+        seed: int = 0,
+        synthetic: dict | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if test_subset not in ("test", "train"):
+            raise ValueError(f"test_subset must be 'test' or 'train', got '{test_subset}'")
+        if targets not in TARGET_SETS:
+            raise ValueError(f"targets must be one of {sorted(TARGET_SETS)}, got '{targets}'")
+        self.save_hyperparameters()
+        self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
+        self.chunk = chunk_samples(context_frames)
+        self.splits: dict[str, SplitAudio] = {}
+        self._sampler: RandomMixSampler | None = None
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return TARGET_SETS[self.hparams.targets]
+
+    @property
+    def data_source(self) -> str:
+        """What the numbers are measured on, for the provenance of results tables."""
+        root = resolve_root(self.hparams.root)
+        return f"MUSDB18 at {root}" if root else "synthetic MUSDB-format data (generated)"
+
+    # -- locating and decoding --------------------------------------------------------------
+
+    def _root(self) -> tuple[Path, bool]:
+        root = resolve_root(self.hparams.root)
+        if root is None:
+            options = {"n_train": 10, "n_test": 4, "duration": 20.0, "seed": 0}
+            options.update(self.hparams.synthetic or {})
+            # The generator version is part of the name: a new generator never meets an old tree.
+            folder = f"synthetic-musdb-v{GENERATOR_VERSION}-" + "-".join(
+                f"{k}{v}" for k, v in sorted(options.items())
+            )
+            path = write_synthetic_musdb(self.cache_dir / folder, **options)
+            return Path(path), True
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"MUSDB18 root {path} does not exist")
+        is_wav = self.hparams.is_wav if self.hparams.is_wav is not None else detect_is_wav(path)
+        return path, is_wav
+
+    def _split_tracks(self, root: Path, is_wav: bool) -> dict[str, list]:
+        db_train = musdb.DB(root=str(root), is_wav=is_wav, subsets="train")
+        db_test = musdb.DB(root=str(root), is_wav=is_wav, subsets="test")
+        if len(db_train) == 0 or len(db_test) == 0:
+            raise FileNotFoundError(
+                f"{root}: found {len(db_train)} train and {len(db_test)} test tracks "
+                f"({'wav layout' if is_wav else 'stem.mp4'}); both subsets are needed"
+            )
+        valid = set(
+            validation_names(
+                [t.name for t in db_train], self.hparams.valid_fraction, self.hparams.seed
+            )
+        )
+        tracks = {
+            "train": [t for t in db_train if t.name not in valid],
+            "valid": [t for t in db_train if t.name in valid],
+            "test": list(db_test) if self.hparams.test_subset == "test" else list(db_train),
+        }
+        caps = {"train": self.hparams.max_train_tracks, "test": self.hparams.max_test_tracks}
+        return {name: ts[: caps.get(name)] for name, ts in tracks.items()}
+
+    def prepare_data(self) -> None:
+        """Decode every split once (rank 0 only under DDP); later runs find the cache."""
+        self._load_splits()
+
+    def _load_splits(self) -> dict[str, SplitAudio]:
+        if self.splits:
+            return self.splits
+        root, is_wav = self._root()
+        tracks = self._split_tracks(root, is_wav)
+        key = cache_key(
+            {
+                "root": str(root.resolve()),
+                "is_wav": is_wav,
+                "rate": self.hparams.rate,
+                "excerpt_seconds": self.hparams.excerpt_seconds,
+                "splits": {name: [t.name for t in ts] for name, ts in tracks.items()},
+            }
+        )
+        directory = self.cache_dir / "decoded" / key
+        for name, split_tracks in tracks.items():
+            split = load_split(directory, name, self.hparams.rate)
+            if split is None:
+                excerpt = self.hparams.excerpt_seconds if name == "train" else None
+                split = build_split(directory, name, split_tracks, self.hparams.rate, excerpt)
+            self.splits[name] = split
+        return self.splits
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = self._load_splits()
+        if stage in (None, "fit") and self._sampler is None:
+            train = splits["train"]
+            device = self._training_device(train)
+            self._sampler = RandomMixSampler(
+                torch.from_numpy(train.audio[:]).to(device),
+                torch.from_numpy(train.offsets),
+                torch.from_numpy(train.lengths),
+                self.chunk,
+                tuple(self.hparams.gain_range),
+                names=train.names,
+            )
+
+    def _training_device(self, train: SplitAudio) -> torch.device:
+        """The trainer's device when the training split fits in half its free memory."""
+        if not self.hparams.train_on_device or self.trainer is None:
+            return torch.device("cpu")
+        device = self.trainer.strategy.root_device
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if train.audio.nbytes > free // 2:
+                return torch.device("cpu")
+        return device if device.type in ("cuda", "mps") else torch.device("cpu")
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        assert self._sampler is not None, "call setup('fit') first"
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        batches = RandomMixBatches(
+            self._sampler,
+            self.hparams.batch_size,
+            self.hparams.targets,
+            seed=self.hparams.seed,
+            epoch=self._current_epoch,
+            rank=rank,
+        )
+        return DataLoader(batches, batch_size=None)
+
+    def validation_chunks(self) -> dict[str, torch.Tensor]:
+        """Fixed, deterministic validation examples: consecutive chunks of every validation
+        track at unit gain (capped at ``valid_chunks_per_track``)."""
+        split = self._load_splits()["valid"]
+        chunks = []
+        for index in range(len(split.names)):
+            track = torch.from_numpy(split.track(index).copy())
+            n = track.shape[1] // self.chunk
+            if self.hparams.valid_chunks_per_track is not None:
+                n = min(n, self.hparams.valid_chunks_per_track)
+            chunks.extend(track[:, i * self.chunk : (i + 1) * self.chunk] for i in range(n))
+        if not chunks:
+            raise ValueError(
+                f"validation tracks {split.names} are all shorter than one chunk "
+                f"({self.chunk} samples)"
+            )
+        sources = torch.stack(chunks)
+        return {
+            "mixture": sources.sum(dim=1),
+            "targets": targets_from_sources(sources, self.hparams.targets),
+        }
+
+    def val_dataloader(self) -> DataLoader:
+        chunks = self.validation_chunks()
+        dataset = TensorDataset(chunks["mixture"], chunks["targets"])
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            collate_fn=lambda items: {
+                "mixture": torch.stack([m for m, _ in items]),
+                "targets": torch.stack([t for _, t in items]),
+            },
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        dataset = FullTracks(
+            self._load_splits()["test"], self.hparams.targets, self.hparams.test_max_seconds
+        )
+        return DataLoader(dataset, batch_size=None)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+__all__ = ["MUSDBDataModule", "SOURCES"]

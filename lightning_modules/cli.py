@@ -1,0 +1,33 @@
+"""LightningCLI of the suite: ``python -m lightning_modules fit --config experiments/...yaml``.
+
+The DataModule owns the sample rate and the context size; they are linked into the model so
+that one value in the YAML drives both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules import MUSDBDataModule
+from lightning_modules.separator import Separator
+
+
+class SuiteCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.rate", "model.init_args.rate")
+        parser.link_arguments("data.context_frames", "model.init_args.context_frames")
+
+
+def make_cli(args: Any = None, run: bool = True) -> SuiteCLI:
+    """The CLI over any ``Separator`` subclass and the shared MUSDB DataModule. ``args`` may be
+    a list of command-line words or a config dict (what the table runner passes)."""
+    return SuiteCLI(
+        Separator,
+        MUSDBDataModule,
+        subclass_mode_model=True,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+    )

@@ -1,0 +1,107 @@
+"""The shared base of every separation model: full-track test with museval, and the thesis's
+optimiser. Subclasses only say how the vocals estimate is made from a mixture.
+
+Test protocol (thesis 3.3.3, issue #2): full tracks; the accompaniment estimate is the mixture
+minus the vocals estimate; BSS Eval v4 on [vocals, accompaniment] with 1 s windows, evaluated
+in parallel processes while the next track is separated; one museval JSON per track in
+``<run folder>/museval``. Tables are rendered from those files, never from logged metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_modules.evaluation import ParallelEvaluator, aggregate
+
+
+class Separator(L.LightningModule):
+    """Base LightningModule: subclasses implement ``separate_vocals``.
+
+    Args:
+        rate: sample rate of the audio the model sees (linked from the DataModule).
+        context_frames: STFT frames per forward pass (linked from the DataModule).
+        eval_workers: processes running museval during test (0: inline).
+    """
+
+    def __init__(self, rate: int = 32000, context_frames: int = 64, eval_workers: int = 2) -> None:
+        super().__init__()
+        self.rate = rate
+        self.context_frames = context_frames
+        self.eval_workers = eval_workers
+        self._evaluator: ParallelEvaluator | None = None
+        self.test_scores: dict = {}
+
+    def separate_vocals(
+        self, mixture: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Vocals waveform (T,) estimated from a full-track ``mixture`` (T,). ``targets`` are
+        only given to oracle models."""
+        raise NotImplementedError
+
+    @property
+    def museval_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir) / "museval"
+
+    def on_test_epoch_start(self) -> None:
+        self._evaluator = ParallelEvaluator(n_workers=self.eval_workers)
+        self._evaluator.__enter__()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.check_test_batch(batch)
+        vocals = self.separate_vocals(batch["mixture"], batch["targets"])
+        self.submit_for_evaluation(batch, vocals)
+
+    @staticmethod
+    def check_test_batch(batch: dict) -> None:
+        for label in ("mixture", "targets"):
+            if not torch.isfinite(batch[label]).all():
+                raise ValueError(
+                    f"test track '{batch['name']}': the {label} has NaN or inf samples"
+                )
+
+    def submit_for_evaluation(self, batch: dict, vocals: torch.Tensor) -> None:
+        """Queue museval on [vocals, accompaniment = mixture - vocals] of one full track."""
+        name, mixture, targets = batch["name"], batch["mixture"], batch["targets"]
+        if not torch.isfinite(vocals).all():
+            raise FloatingPointError(f"test track '{name}': the vocals estimate has NaN or inf")
+        references = torch.stack([targets[0], targets[1:].sum(dim=0)])
+        estimates = torch.stack([vocals, mixture - vocals])
+        assert self._evaluator is not None
+        self._evaluator.submit(
+            name,
+            references.float().cpu().numpy(),
+            estimates.float().cpu().numpy(),
+            self.rate,
+            self.museval_dir,
+        )
+
+    def on_test_epoch_end(self) -> None:
+        assert self._evaluator is not None
+        try:
+            results = self._evaluator.results()
+        finally:
+            self._evaluator.__exit__(None, None, None)
+            self._evaluator = None
+        self.test_scores = aggregate(results, target="vocals")
+        for metric in ("SDR", "SIR", "SAR"):
+            value = self.test_scores.get(metric, {}).get("median", math.nan)
+            self.log(f"test/{metric}", float(value), sync_dist=True)
+
+
+def split_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups of thesis 3.3.4: weight decay on weights, not on biases nor BatchNorm."""
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_norm_or_bias = parameter.ndim <= 1 or name.endswith(".bias")
+        (no_decay if is_norm_or_bias else decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

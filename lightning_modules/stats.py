@@ -1,0 +1,63 @@
+"""Parameters and multiply-accumulates of one forward pass, for the tables' efficiency columns.
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 and taken as
+FLOPs / 2 (the counter reports 2 FLOPs per multiply-accumulate of convolutions and matmuls;
+element-wise ops such as BatchNorm and ReLU are not counted, as in the thesis's MAC figures).
+Usage: ``python -m lightning_modules.stats --config EXP.yaml --frames N`` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_modules.dsp import N_FFT
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(net: nn.Module, frames: int, bins: int = N_FFT // 2, in_channels: int = 1) -> int:
+    """MACs of one forward pass of ``net`` on a (1, in_channels, bins, frames) input."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, in_channels, bins, frames))
+    finally:
+        net.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def net_from_config(net_config: dict) -> nn.Module:
+    """Instantiate a network from its ``class_path``/``init_args`` config."""
+    parser = ArgumentParser()
+    parser.add_argument("--net", type=nn.Module)
+    return parser.instantiate(parser.parse_object({"net": net_config})).net
+
+
+def network_stats(config: dict, frames: int) -> dict[str, int]:
+    """Parameters and MACs of the network of an experiment config (``model.init_args.net``)."""
+    net = net_from_config(config["model"]["init_args"]["net"])
+    return {"params": count_parameters(net), "macs": count_macs(net, frames)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="experiment YAML with model.init_args.net")
+    parser.add_argument("--frames", type=int, default=64, help="STFT frames of the input")
+    args = parser.parse_args()
+    config = yaml.safe_load(Path(args.config).read_text())
+    print(json.dumps(network_stats(config, args.frames)))
+
+
+if __name__ == "__main__":
+    main()

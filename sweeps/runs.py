@@ -1,0 +1,167 @@
+"""One run = one fully resolved config in ``<runs>/<hash>/``: train, test, write result.json.
+
+``result.json`` is written last and atomically: its presence is what "finished" means. A run
+folder without it is resumed from ``checkpoints/last.ckpt``; a finished one is never touched
+again. A lock file keeps two processes from working on the same run at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from datamodules import MUSDBDataModule
+from lightning_modules.cli import SuiteCLI
+from lightning_modules.separator import Separator
+from sweeps.specs import REPO, SpecError, config_hash
+
+RESULT = "result.json"
+
+
+class _ParseOnlyCLI(SuiteCLI):
+    """Parses and validates a config without building anything."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def _cli(config: dict[str, Any], parse_only: bool) -> SuiteCLI:
+    cls = _ParseOnlyCLI if parse_only else SuiteCLI
+    try:
+        with warnings.catch_warnings():
+            # The config comes as a dict while sys.argv holds the runner's own arguments.
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            return cls(
+                Separator,
+                MUSDBDataModule,
+                subclass_mode_model=True,
+                args=config,
+                run=False,
+                save_config_callback=None,
+            )
+    except SystemExit as error:  # jsonargparse reports bad configs by exiting
+        raise SpecError(f"invalid configuration (see the message above): {error}") from error
+
+
+def resolve(config: dict[str, Any]) -> dict[str, Any]:
+    """Every default filled in, validated by the LightningCLI parser."""
+    cli = _cli(config, parse_only=True)
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+
+
+def run_dir_for(resolved: dict[str, Any], runs_root: Path) -> Path:
+    return runs_root / config_hash(resolved)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / RESULT).exists()
+
+
+def load_result(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RESULT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise RuntimeError(f"run {run_dir} is being worked on by another process") from error
+        yield
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def describe_device(trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{trainer.num_devices}"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def execute(
+    resolved: dict[str, Any], run_dir: Path, train: bool, profile: str, label: str = ""
+) -> dict:
+    """Train (unless ``train`` is False) and test one resolved config in ``run_dir``.
+    Returns the result; a finished run is returned as it is, without any work."""
+    if is_finished(run_dir):
+        return load_result(run_dir)
+    with run_lock(run_dir):
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        config = dict(resolved)
+        config["trainer"] = {**resolved["trainer"], "default_root_dir": str(run_dir)}
+        for callback in config["trainer"].get("callbacks") or []:
+            if callback["class_path"].endswith("ModelCheckpoint"):
+                callback["init_args"] = {
+                    **callback["init_args"],
+                    "dirpath": str(run_dir / "checkpoints"),
+                }
+        for logger in config["trainer"].get("logger") or []:
+            if "save_dir" in logger.get("init_args", {}):
+                logger["init_args"] = {**logger["init_args"], "save_dir": str(run_dir)}
+        cli = _cli(config, parse_only=False)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        ckpt = None
+        if train:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+            ckpt = trainer.checkpoint_callback.best_model_path or str(last)
+        metrics = trainer.test(model, datamodule=data, ckpt_path=ckpt)
+        # The model that was tested; after ckpt_path loading, trainer.lightning_module holds it.
+        scores = trainer.lightning_module.test_scores
+        result = {
+            "label": label,
+            "hash": run_dir.name,
+            "test_metrics": metrics[0] if metrics else {},
+            "scores": scores,
+            "checkpoint": ckpt,
+            "epochs": trainer.current_epoch,
+            "provenance": {
+                "commit": git_commit(),
+                "data": data.data_source,
+                "profile": profile,
+                "device": describe_device(trainer),
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        }
+        _atomic_json(run_dir / RESULT, result)
+        return result

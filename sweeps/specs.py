@@ -1,0 +1,140 @@
+"""Table specs and profiles: from ``experiments/`` YAML to fully resolved, hashed run configs.
+
+A table spec (``experiments/tables/table-<id>.yaml``) names a base experiment, its rows (dotted
+overrides on the base), the columns it reports and the thesis's published numbers per row.
+A profile (``experiments/profiles/<name>.yaml``) scales any experiment: ``smoke`` (synthetic
+data, CPU, a few minutes) or ``thesis`` (MUSDB18, Table 3.1 protocol, GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+TABLES = EXPERIMENTS / "tables"
+PROFILES = EXPERIMENTS / "profiles"
+
+
+class SpecError(ValueError):
+    """A table spec, profile or override is invalid; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    overrides: dict[str, Any]
+    published: dict[str, float | None]
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    id: str
+    title: str
+    caption: str
+    base: Path
+    columns: list[str]
+    rows: list[Row]
+    train: bool = True
+    layout: str = "rows"  # "rows": one line per run; "statistics": metrics x median/MAD/mean/std
+    stats_frames: int | None = None  # frames for the Parameters/MACs columns
+    path: Path | None = None
+
+
+def available_tables() -> list[str]:
+    return sorted(p.stem.removeprefix("table-") for p in TABLES.glob("table-*.yaml"))
+
+
+def load_table(table_id: str) -> TableSpec:
+    path = TABLES / f"table-{table_id}.yaml"
+    if not path.exists():
+        raise SpecError(f"unknown table '{table_id}'; available: {', '.join(available_tables())}")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        rows = [
+            Row(
+                label=str(r["label"]),
+                overrides=r.get("overrides") or {},
+                published=r.get("published") or {},
+                notes=r.get("notes") or {},
+            )
+            for r in raw["rows"]
+        ]
+        spec = TableSpec(
+            id=str(raw["id"]),
+            title=raw["title"],
+            caption=raw.get("caption", ""),
+            base=REPO / raw["base"],
+            columns=list(raw["columns"]),
+            rows=rows,
+            train=bool(raw.get("train", True)),
+            layout=raw.get("layout", "rows"),
+            stats_frames=raw.get("stats_frames"),
+            path=path,
+        )
+    except (KeyError, TypeError) as error:
+        raise SpecError(f"{path}: malformed table spec ({error!r})") from error
+    if not spec.base.exists():
+        raise SpecError(f"{path}: base experiment {spec.base} does not exist")
+    labels = [r.label for r in rows]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{path}: duplicate row labels {labels}")
+    return spec
+
+
+def default_profile() -> str:
+    """``thesis`` when a real MUSDB18 root is configured, else ``smoke``."""
+    return "thesis" if os.environ.get("MUSDB_ROOT") else "smoke"
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = PROFILES / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise SpecError(f"unknown profile '{name}'; available: {', '.join(known)}")
+    profile = yaml.safe_load(path.read_text()) or {}
+    if profile.pop("requires_musdb_root", False) and not os.environ.get("MUSDB_ROOT"):
+        raise SpecError(
+            f"profile '{name}' runs on MUSDB18: set MUSDB_ROOT to the data set's root "
+            "(stem.mp4 or wav layout), or use PROFILE=smoke"
+        )
+    return profile
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on ``base``; dotted keys (``model.init_args.lr``) address nested dicts."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        node, parts = merged, str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"override '{key}': '{part}' is not a section")
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = deep_merge(node[last], value)
+        else:
+            node[last] = copy.deepcopy(value)
+    return merged
+
+
+def compose(spec: TableSpec, row: Row, profile: dict[str, Any]) -> dict[str, Any]:
+    """Base experiment, then the row, then the profile (the profile scales, never changes
+    what a row is: it may not touch the model's architecture)."""
+    base = yaml.safe_load(spec.base.read_text())
+    return deep_merge(deep_merge(base, row.overrides), profile)
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    """Name of a run folder: hash of the fully resolved config (paths excluded)."""
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

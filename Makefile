@@ -1,0 +1,57 @@
+# Every target sets the project up first, so any of them works as the first command typed.
+#   make table-4.3            a results table (PROFILE=smoke without $MUSDB_ROOT, thesis with it)
+#   make test                 the test suite (CPU, no network)
+#   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
+#   make stats EXP=experiments/mmdensenet/baseline.yaml FRAMES=64
+#   make bench                data-loading benchmark -> results/bench/
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?=
+RUNS ?= runs
+OUT ?= separated
+FRAMES ?= 64
+EXP ?= experiments/mmdensenet/baseline.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint separate stats bench list-tables clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+table-%: setup
+	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)
+
+render-%: setup
+	$(PY) -m sweeps render $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)
+
+list-tables: setup
+	$(PY) -m sweeps list
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+separate: setup
+	@test -n "$(IN)" -a -n "$(CKPT)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> [OUT=<dir>]"; exit 2; }
+	$(PY) -m lightning_modules.separate --input "$(IN)" --checkpoint "$(CKPT)" --out "$(OUT)"
+
+stats: setup
+	@$(PY) -m lightning_modules.stats --config "$(EXP)" --frames $(FRAMES)
+
+bench: setup
+	$(PY) -m datamodules.benchmark --out results/bench

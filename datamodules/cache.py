@@ -60,47 +60,66 @@ class SplitAudio:
         return float(self.lengths.sum()) / self.rate
 
 
-def _source_path(track, source: str) -> tuple[str, int]:
-    """File and stream id that hold ``source`` of a musdb track (wav layout or stem.mp4)."""
-    src = track.sources[source]
-    return src.path, (0 if track.is_wav else src.stem_id)
+def _expected_path(track, source: str) -> str:
+    """Where ``source`` of a musdb track lives: its wav file, or the stem file and stream."""
+    if track.is_wav:
+        return os.path.join(os.path.dirname(track.path), f"{source}.wav")
+    return (
+        f"{track.path} (stream {track.sources[source].stem_id})"
+        if source in track.sources
+        else track.path
+    )
 
 
 def decode_track(track, rate: int) -> np.ndarray:
     """Read the four sources of a musdb track through musdb/stempeg, downmix to mono and
-    resample to ``rate``. Returns (4, samples) float32. Raises StemError naming the file."""
-    mono = []
-    native_rate = None
+    resample to ``rate``. Returns (4, samples) float32. Raises StemError naming the file.
+
+    musdb decodes every source at the rate of the track's mixture, so a source file at
+    another rate would silently come out time-stretched: such files are refused up front.
+    """
+    if not os.path.exists(track.path):
+        raise StemError(f"track '{track.name}': {track.path} does not exist")
+    mixture_rate = int(track.rate)
+    odd_rates = {}
     for source in SOURCES:
-        if source not in track.sources:
-            raise StemError(f"track '{track.name}': source '{source}' is missing")
-        path, stem_id = _source_path(track, source)
-        if not os.path.exists(path):
-            raise StemError(f"track '{track.name}': {path} does not exist")
+        path = _expected_path(track, source)
+        if source not in track.sources or (track.is_wav and not os.path.exists(path)):
+            raise StemError(f"track '{track.name}': {source} is missing (expected {path})")
+        if track.is_wav:
+            try:
+                file_rate = int(stempeg.Info(path).rate(0))
+            except Exception as error:
+                raise StemError(
+                    f"track '{track.name}': cannot decode {source} from {path}: {error}"
+                ) from error
+            if file_rate != mixture_rate:
+                odd_rates[path] = file_rate
+    if odd_rates:
+        listed = ", ".join(f"{path} at {hz} Hz" for path, hz in odd_rates.items())
+        raise StemError(
+            f"track '{track.name}': {listed}, but its mixture {track.path} is at {mixture_rate} "
+            "Hz; all stems of a track must share one sample rate"
+        )
+    mono = []
+    for source in SOURCES:
         try:
-            file_rate = int(stempeg.Info(path).rate(stem_id))
             audio = np.asarray(track.sources[source].audio, dtype=np.float32)
         except Exception as error:  # ffmpeg/stempeg raise many kinds for corrupt files
             raise StemError(
-                f"track '{track.name}': cannot decode {source} from {path}: {error}"
+                f"track '{track.name}': cannot decode {source} from "
+                f"{_expected_path(track, source)}: {error}"
             ) from error
-        if native_rate is None:
-            native_rate = file_rate
-        elif file_rate != native_rate:
-            raise StemError(
-                f"track '{track.name}': {path} is at {file_rate} Hz but the other stems are at "
-                f"{native_rate} Hz; all stems of a track must share one sample rate"
-            )
         if audio.ndim != 2 or audio.shape[0] == 0:
-            raise StemError(f"track '{track.name}': {path} holds no audio for {source}")
+            raise StemError(f"track '{track.name}': {_expected_path(track, source)} holds no audio")
         mono.append(audio.mean(axis=1))
     lengths = {len(m) for m in mono}
     if len(lengths) > 1:
         raise StemError(f"track '{track.name}': stems have different lengths {sorted(lengths)}")
     stacked = np.stack(mono)
-    if native_rate != rate:
+    if mixture_rate != rate:
         stacked = librosa.resample(
-            stacked, orig_sr=native_rate, target_sr=rate, res_type=RESAMPLER, axis=-1
+            stacked, orig_sr=mixture_rate, target_sr=rate, res_type=RESAMPLER, axis=-1
         )
     return np.ascontiguousarray(stacked, dtype=np.float32)
 

@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny synthetic MUSDB tree and one decoded DataModule cache per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: Tiny synthetic MUSDB18 wav tree (44.1 kHz files) shared by the data-path tests.
+SYNTHETIC = {"n_train": 3, "n_test": 2, "duration": 4.0, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from datamodules.synthetic import write_synthetic_musdb
+
+    root = tmp_path_factory.mktemp("synthetic") / "musdb"
+    return Path(write_synthetic_musdb(root, **SYNTHETIC, rate=44100, progress=False))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dm_kwargs(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """MUSDBDataModule arguments over ``synthetic_root`` whose cache is already decoded (once
+    per session): 16 kHz, 8 context frames, training tracks cut to their most active 3 s."""
+    from datamodules.musdb_datamodule import MUSDBDataModule
+
+    kwargs = {
+        "root": str(synthetic_root),
+        "rate": 16000,
+        "context_frames": 8,
+        "batch_size": 4,
+        "excerpt_seconds": 3.0,
+        "cache_dir": str(tmp_path_factory.mktemp("dm-cache")),
+    }
+    MUSDBDataModule(**kwargs).prepare_data()
+    return dict(kwargs)

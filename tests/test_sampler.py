@@ -1,0 +1,196 @@
+"""Tests of datamodules/sampler.py: vectorised random-mix training batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.cache import SOURCES
+from datamodules.sampler import (
+    TARGET_SETS,
+    RandomMixBatches,
+    RandomMixSampler,
+    targets_from_sources,
+)
+
+CHUNK = 64
+LENGTHS = [CHUNK, 3 * CHUNK + 5, 2 * CHUNK - 1, 5 * CHUNK]
+# Per track and source a constant; the gain ranges [0.25 v, 1.25 v] of different tracks never
+# overlap (factor 10 apart), so a sampled value tells which track it came from.
+VALUES = np.array(
+    [[10.0**t * (1 + 0.1 * s) for s in range(len(SOURCES))] for t in range(len(LENGTHS))]
+)
+
+
+def _constant_tracks(dtype: torch.dtype = torch.float64):
+    """(4, samples) where track t, source s is the constant VALUES[t, s]."""
+    audio = torch.cat(
+        [
+            torch.tensor(VALUES[t], dtype=dtype)[:, None].expand(-1, n)
+            for t, n in enumerate(LENGTHS)
+        ],
+        dim=1,
+    ).contiguous()
+    lengths = torch.tensor(LENGTHS)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return audio, offsets, lengths
+
+
+def _sampler(dtype: torch.dtype = torch.float64, **kwargs) -> RandomMixSampler:
+    audio, offsets, lengths = _constant_tracks(dtype)
+    return RandomMixSampler(audio, offsets, lengths, CHUNK, **kwargs)
+
+
+def _track_of(first: np.ndarray) -> np.ndarray:
+    """Track index of every (batch, source) value; asserts it is a track value times a gain in
+    [0.25, 1.25] for exactly one track."""
+    ratios = first[..., None] / VALUES.T[None]  # (batch, source, track)
+    matches = (ratios >= 0.25) & (ratios <= 1.25)
+    assert np.all(matches.sum(axis=-1) == 1), first[matches.sum(axis=-1) != 1]
+    return matches.argmax(axis=-1)
+
+
+def _gains(batch: np.ndarray) -> np.ndarray:
+    first = batch[..., 0]
+    return first / VALUES[_track_of(first), np.arange(len(SOURCES))]
+
+
+def test_batch_shape_and_dtype() -> None:
+    sampler = _sampler(torch.float32)
+    batch = sampler.sample(5, torch.Generator().manual_seed(0))
+    assert batch.shape == (5, len(SOURCES), CHUNK)
+    assert batch.dtype == torch.float32
+
+
+def test_every_chunk_lies_inside_one_track_with_gain_in_range() -> None:
+    sampler = _sampler()
+    batch = sampler.sample(400, torch.Generator().manual_seed(1)).numpy()
+    first = batch[..., 0]
+    # constant over the chunk: no chunk crosses a track boundary
+    assert np.array_equal(batch, np.broadcast_to(first[..., None], batch.shape))
+    tracks = _track_of(first)
+    assert set(tracks.flatten().tolist()) == set(range(len(LENGTHS)))  # every track is drawn
+    # each source draws its own track (incoherent mixes)
+    assert (tracks != tracks[:, :1]).any()
+
+
+def test_start_positions_cover_exactly_the_valid_ones() -> None:
+    """With audio = sample index, a chunk reveals its start; all valid starts and only they
+    are drawn."""
+    lengths = torch.tensor([10, 7, 12])
+    offsets = torch.cumsum(lengths, 0) - lengths
+    chunk = 7
+    total = int(lengths.sum())
+    audio = torch.arange(total, dtype=torch.float64).repeat(2, 1)
+    sampler = RandomMixSampler(audio, offsets, lengths, chunk, gain_range=(1.0, 1.0))
+    batch = sampler.sample(3000, torch.Generator().manual_seed(0))
+    starts = batch[..., 0].long()
+    assert torch.equal(batch, starts[..., None] + torch.arange(chunk))
+    valid = {
+        int(o) + p for o, n in zip(offsets, lengths, strict=True) for p in range(int(n) - chunk + 1)
+    }
+    assert set(starts.flatten().tolist()) == valid
+
+
+def test_gains_within_range() -> None:
+    sampler = _sampler()
+    gains = _gains(sampler.sample(500, torch.Generator().manual_seed(2)).numpy())
+    assert gains.min() >= 0.25 - 1e-12
+    assert gains.max() <= 1.25 + 1e-12
+    assert gains.min() < 0.3 and gains.max() > 1.2  # the whole range is used
+    assert len(np.unique(gains)) > 0.9 * gains.size  # one gain per (example, source)
+    custom = _sampler(gain_range=(0.5, 0.75)).sample(200, torch.Generator().manual_seed(2))
+    gains = _gains(custom.numpy())
+    assert gains.min() >= 0.5 - 1e-12 and gains.max() <= 0.75 + 1e-12
+
+
+def test_batches_per_epoch_formula() -> None:
+    sampler = _sampler()
+    positions = sum(n - CHUNK + 1 for n in LENGTHS)
+    for batch_size in (1, 2, 3, 50):
+        expected = max(1, positions // (CHUNK * batch_size))
+        assert sampler.batches_per_epoch(batch_size) == expected
+    assert sampler.batches_per_epoch(1) == positions // CHUNK > 1
+    assert sampler.batches_per_epoch(10_000) == 1
+
+
+def test_short_track_raises_naming_it() -> None:
+    audio, offsets, lengths = _constant_tracks()
+    lengths = lengths.clone()
+    names = ["first", "second", "tiny one", "last"]
+    with pytest.raises(ValueError, match="tiny one") as info:
+        RandomMixSampler(audio, offsets, lengths, 2 * CHUNK, names=names)
+    assert "'second'" not in str(info.value)  # 3 * CHUNK + 5 is long enough
+    assert "'first'" in str(info.value)  # CHUNK < 2 * CHUNK
+    with pytest.raises(ValueError, match="shorter than one chunk"):
+        RandomMixSampler(audio, offsets, lengths, 2 * CHUNK)
+
+
+def test_targets_from_sources() -> None:
+    sources = torch.randn(3, 4, 100)
+    assert TARGET_SETS["vocals"] == ("vocals", "accompaniment")
+    assert TARGET_SETS["all"] == SOURCES == ("vocals", "drums", "bass", "other")
+    vocals = targets_from_sources(sources, "vocals")
+    assert vocals.shape == (3, 2, 100)
+    assert torch.equal(vocals[:, 0], sources[:, 0])
+    torch.testing.assert_close(vocals[:, 1], sources[:, 1] + sources[:, 2] + sources[:, 3])
+    assert torch.equal(targets_from_sources(sources, "all"), sources)
+    # no batch dimension (full tracks)
+    single = targets_from_sources(sources[0], "vocals")
+    assert single.shape == (2, 100)
+    torch.testing.assert_close(single, vocals[0])
+    with pytest.raises(ValueError, match="unknown targets"):
+        targets_from_sources(sources, "drums")
+
+
+@pytest.mark.parametrize("targets", ["vocals", "all"])
+def test_random_mix_batches_mixture_is_sum_of_targets(targets: str) -> None:
+    audio, offsets, lengths = _constant_tracks(torch.float32)
+    audio = audio + torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    sampler = RandomMixSampler(audio, offsets, lengths, CHUNK)
+    batches = RandomMixBatches(sampler, batch_size=3, targets=targets, seed=7)
+    items = list(batches)
+    assert len(items) == len(batches) == sampler.batches_per_epoch(3)
+    n_targets = len(TARGET_SETS[targets])
+    for item in items:
+        assert set(item) == {"mixture", "targets"}
+        assert item["mixture"].shape == (3, CHUNK)
+        assert item["targets"].shape == (3, n_targets, CHUNK)
+        torch.testing.assert_close(item["mixture"], item["targets"].sum(dim=1))
+
+
+def _epoch_batches(seed: int, epoch: int, rank: int = 0) -> list[dict[str, torch.Tensor]]:
+    batches = RandomMixBatches(
+        _sampler(torch.float32), 4, "vocals", seed=seed, epoch=lambda: epoch, rank=rank
+    )
+    return list(batches)
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x["mixture"], y["mixture"]) and torch.equal(x["targets"], y["targets"])
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_batches_reproducible_per_seed_and_epoch() -> None:
+    reference = _epoch_batches(seed=0, epoch=3)
+    assert _same(reference, _epoch_batches(seed=0, epoch=3))
+    assert not _same(reference, _epoch_batches(seed=0, epoch=4))
+    assert not _same(reference, _epoch_batches(seed=1, epoch=3))
+    assert not _same(reference, _epoch_batches(seed=0, epoch=3, rank=1))
+
+
+def test_epoch_is_read_at_every_pass() -> None:
+    epoch = {"value": 0}
+    batches = RandomMixBatches(
+        _sampler(torch.float32), 4, "all", seed=0, epoch=lambda: epoch["value"]
+    )
+    first = list(batches)
+    assert _same(first, list(batches))  # same epoch, same batches
+    epoch["value"] = 1
+    second = list(batches)
+    assert not _same(first, second)
+    fresh = RandomMixBatches(_sampler(torch.float32), 4, "all", seed=0, epoch=lambda: 1)
+    assert _same(second, list(fresh))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import lightning as L
 import musdb
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -235,7 +237,7 @@ class MUSDBDataModule(L.LightningDataModule):
             train = splits["train"]
             device = self._training_device(train)
             self._sampler = RandomMixSampler(
-                torch.from_numpy(train.audio[:]).to(device),
+                torch.from_numpy(np.array(train.audio)).to(device),  # copy out of the memmap
                 torch.from_numpy(train.offsets),
                 torch.from_numpy(train.lengths),
                 self.chunk,
@@ -268,6 +270,9 @@ class MUSDBDataModule(L.LightningDataModule):
             epoch=self._current_epoch,
             rank=rank,
         )
+        # Batches are made whole in this process (one gather each): no loader workers, so
+        # Lightning's warning about __len__ with several workers does not apply.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         return DataLoader(batches, batch_size=None)
 
     def validation_chunks(self) -> dict[str, torch.Tensor]:

@@ -6,12 +6,16 @@ that one value in the YAML drives both.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import MUSDBDataModule
 from lightning_modules.separator import Separator
+
+# Lightning 2.6 calls a pytree API that torch 2.13 deprecated; harmless, and not ours to fix.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class SuiteCLI(LightningCLI):

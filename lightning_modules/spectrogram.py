@@ -119,8 +119,28 @@ class SpectrogramSeparator(Separator):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         if self.target_index == 0:
             estimate = torch.stack([self.separate_vocals(m) for m in batch["mixture"]])
-            sdr = framewise_snr(batch["targets"][:, 0], estimate)
-            self.log("val/sdr", sdr.mean(), prog_bar=True, sync_dist=True)
+            reference = batch["targets"][:, 0]
+            snr = framewise_snr(reference, estimate)
+            # As museval does for its frames: a chunk with silent vocals has no SDR (NaN).
+            silent = reference.abs().amax(dim=-1) == 0
+            self._val_sdr.append(torch.where(silent, torch.nan, snr))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sdr: list[torch.Tensor] = []
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/sdr``: median over validation chunks, as museval's per-track median."""
+        if self.target_index != 0:
+            return
+        if not self._val_sdr:
+            return
+        values = torch.cat(self._val_sdr)
+        if self.trainer.world_size > 1:  # the distributed sampler gives every rank equal counts
+            values = self.all_gather(values).flatten()
+        if not values.isnan().all():
+            # nanquantile averages the two middle values, as numpy (and museval) do;
+            # torch.nanmedian would return the lower one.
+            self.log("val/sdr", values.nanquantile(0.5), prog_bar=True, rank_zero_only=True)
 
     def _separate(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-track target estimate: (estimated magnitude (F, frames), waveform (T,))."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning_modules.evaluation import aggregate
 from lightning_modules.stats import network_stats
+from sweeps.plots import training_curves
 from sweeps.runs import load_result
 from sweeps.specs import REPO, TableSpec
 
@@ -106,6 +107,10 @@ def render(
         lines_md, rows_csv = _statistics_layout(spec, plans, measured)
     else:
         lines_md, rows_csv = _rows_layout(spec, plans, measured)
+    curves = training_curves(
+        [(row.label, run_dir) for (row, _, run_dir), m in zip(plans, measured, strict=True) if m],
+        out_dir / f"table-{spec.id}-curves.png",
+    )
     notes = [
         f"- {row.label}, {col}: {text}" for row, _, _ in plans for col, text in row.notes.items()
     ]
@@ -122,10 +127,12 @@ def render(
         "",
         "Ours: medians over tracks of the per-track medians over 1 s frames (museval BSS Eval v4) "
         "for the vocals. '?' under thesis: not legible in the thesis text (see notes). "
-        "'not run': no finished run.",
+        "'not run': no finished run. '–': does not apply.",
     ]
     if notes:
         md += ["", "Notes on published values:", *notes]
+    if curves:
+        md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
     paths = {"md": out_dir / f"table-{spec.id}.md", "csv": out_dir / f"table-{spec.id}.csv"}
     paths["md"].write_text("\n".join(md) + "\n")
     with open(paths["csv"], "w", newline="") as handle:
@@ -186,8 +193,12 @@ def _statistics_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
         published = row.published.get(metric) or {}
         cells, values = [metric], []
         for statistic, name in zip(STATISTICS, stats, strict=True):
+            if metric == "Loss" and statistic != "mean":  # one loss value per run: the mean
+                cells += ["–", "–"]
+                values += ["", ""]
+                continue
             if metric == "Loss":
-                ours = m["values"].get("Loss") if (m and statistic == "mean") else None
+                ours = m["values"].get("Loss") if m else None
             else:
                 ours = m["scores"][metric][statistic] if m else None
             pub = published.get(name)

@@ -138,3 +138,24 @@ def test_oracle_linear_mask_beats_mel_mask() -> None:
 def test_oracle_needs_the_sources() -> None:
     with pytest.raises(ValueError, match="true sources"):
         OracleMaskSeparator().separate_vocals(torch.zeros(10_000))
+
+
+def test_validation_sdr_is_the_median_over_chunks_with_non_silent_vocals() -> None:
+    class Identity(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    model = SpectrogramSeparator(Identity(), context_frames=8)
+    model.on_validation_epoch_start()
+    n = chunk_samples(8)
+    vocals = torch.randn(3, n, generator=torch.Generator().manual_seed(0))
+    vocals[2] = 0.0  # silent vocals: excluded, as museval excludes such frames
+    accompaniment = torch.stack([0.1 * vocals[0], 1.0 * vocals[1], torch.randn(n)])
+    batch = {"mixture": vocals + accompaniment, "targets": torch.stack([vocals, accompaniment], 1)}
+    logged = {}
+    model.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    model._trainer = type("T", (), {"world_size": 1})()
+    model.validation_step(batch, 0)
+    model.on_validation_epoch_end()
+    # Identity network: estimate = mixture, so SNR = 10 log10(|v|^2 / |a|^2): 20 dB and 0 dB.
+    assert logged["val/sdr"].item() == pytest.approx(10.0, abs=0.2)

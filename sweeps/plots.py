@@ -1,0 +1,60 @@
+"""Figures next to the tables: training and validation curves of each row (thesis Fig. 4.1)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: compute nodes and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def epoch_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Per-epoch values of every logged metric, over all CSV log versions of a run (a resumed
+    run writes a new version; later versions win)."""
+    metrics: dict[str, dict[int, float]] = {}
+    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if not row.get("epoch"):
+                    continue
+                for name, value in row.items():
+                    if name not in ("epoch", "step") and value:
+                        metrics.setdefault(name, {})[int(row["epoch"])] = float(value)
+    return metrics
+
+
+def training_curves(runs: list[tuple[str, Path]], out_path: Path) -> Path | None:
+    """Loss (train dashed, validation solid) and validation SDR per epoch for each row."""
+    curves = [(label, epoch_metrics(run_dir)) for label, run_dir in runs]
+    curves = [(label, m) for label, m in curves if "val/loss" in m]
+    if not curves:
+        return None
+    fig, (loss_ax, sdr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (label, metrics) in enumerate(curves):
+        color = f"C{index}"
+        for name, style in (("train/loss_epoch", "--"), ("val/loss", "-")):
+            points = sorted(metrics.get(name, {}).items())
+            if points:
+                loss_ax.plot(
+                    *zip(*points, strict=True), style, color=color, label=f"{label} {name}"
+                )
+        sdr = sorted((e, v) for e, v in metrics.get("val/sdr", {}).items() if math.isfinite(v))
+        if sdr:
+            sdr_ax.plot(*zip(*sdr, strict=True), "-o", color=color, label=label)
+    loss_ax.set(xlabel="epoch", ylabel="MSE", title="loss (dashed: training, solid: validation)")
+    loss_ax.set_yscale("log")
+    sdr_ax.set(xlabel="epoch", ylabel="dB", title="validation SDR (median over chunks)")
+    for ax in (loss_ax, sdr_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_ax.legend(fontsize=7)
+    sdr_ax.legend(fontsize=7)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

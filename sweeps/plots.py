@@ -51,8 +51,9 @@ def training_curves(runs: list[tuple[str, Path]], out_path: Path) -> Path | None
     sdr_ax.set(xlabel="epoch", ylabel="dB", title="validation SDR (median over chunks)")
     for ax in (loss_ax, sdr_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_ax.legend(fontsize=7)
-    sdr_ax.legend(fontsize=7)
+    for ax in (loss_ax, sdr_ax):
+        if ax.get_lines():
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)

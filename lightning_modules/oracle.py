@@ -30,6 +30,8 @@ class OracleMaskSeparator(Separator):
         alpha: the mask's exponent (2: the classical Wiener filter, as in Table 5.3).
     """
 
+    trainable = False
+
     def __init__(
         self,
         mel_bins: int | None = None,

@@ -26,15 +26,33 @@ class Separator(L.LightningModule):
         rate: sample rate of the audio the model sees (linked from the DataModule).
         context_frames: STFT frames per forward pass (linked from the DataModule).
         eval_workers: processes running museval during test (0: inline).
+        init_from: a checkpoint whose weights training starts from (the previous stage of a
+            multi-stage row; the table runner fills it in).
     """
 
-    def __init__(self, rate: int = 32000, context_frames: int = 64, eval_workers: int = 2) -> None:
+    #: False for models that are only evaluated (oracles, combinations of trained models).
+    trainable: bool = True
+
+    def __init__(
+        self,
+        rate: int = 32000,
+        context_frames: int = 64,
+        eval_workers: int = 2,
+        init_from: str | None = None,
+    ) -> None:
         super().__init__()
         self.rate = rate
         self.context_frames = context_frames
         self.eval_workers = eval_workers
+        self.init_from = init_from
         self._evaluator: ParallelEvaluator | None = None
         self.test_scores: dict = {}
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a resumed run's own checkpoint, which then takes precedence.
+        if stage == "fit" and self.init_from:
+            state = torch.load(self.init_from, map_location="cpu", weights_only=False)
+            self.load_state_dict(state["state_dict"])
 
     def separate_vocals(
         self, mixture: torch.Tensor, targets: torch.Tensor | None = None

@@ -75,8 +75,9 @@ class SpectrogramSeparator(Separator):
         rate: int = 32000,
         context_frames: int = 64,
         eval_workers: int = 2,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(rate=rate, context_frames=context_frames, eval_workers=eval_workers)
+        super().__init__(rate, context_frames, eval_workers, init_from)
         self.save_hyperparameters()
         self.net = net
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]

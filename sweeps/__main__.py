@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from sweeps.plan import plan_table
 from sweeps.render import render
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
-from sweeps.study import RowsFailed, planned_runs, run_table
+from sweeps.study import RowsFailed, run_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_table(spec, profile, args.runs_dir, args.storage)
             except RowsFailed as error:
                 failed = error
-        paths = render(spec, planned_runs(spec, profile, args.runs_dir), args.results_dir)
+        paths = render(spec, plan_table(spec, profile, args.runs_dir), args.results_dir)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

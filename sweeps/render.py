@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning_modules.evaluation import aggregate
 from lightning_modules.stats import network_stats
+from sweeps.plan import RowPlan
 from sweeps.plots import training_curves
 from sweeps.runs import load_result
 from sweeps.specs import REPO, TableSpec
@@ -97,23 +98,19 @@ def _smoke_warning(measured: list[dict | None]) -> list[str]:
     return []
 
 
-def render(
-    spec: TableSpec, plans: list[tuple[Any, dict, Path]], out_dir: Path = RESULTS
-) -> dict[str, Path]:
-    """Write the table's .md/.csv/.json from the finished runs of ``plans`` (row, resolved, dir)."""
+def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> dict[str, Path]:
+    """Write the table's .md/.csv/.json from the finished runs of ``plans``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = [measured_row(spec, resolved, run_dir) for _, resolved, run_dir in plans]
+    measured = [measured_row(spec, plan.resolved, plan.run_dir) for plan in plans]
     if spec.layout == "statistics":
         lines_md, rows_csv = _statistics_layout(spec, plans, measured)
     else:
         lines_md, rows_csv = _rows_layout(spec, plans, measured)
     curves = training_curves(
-        [(row.label, run_dir) for (row, _, run_dir), m in zip(plans, measured, strict=True) if m],
+        [(p.row.label, p.run_dir) for p, m in zip(plans, measured, strict=True) if m],
         out_dir / f"table-{spec.id}-curves.png",
     )
-    notes = [
-        f"- {row.label}, {col}: {text}" for row, _, _ in plans for col, text in row.notes.items()
-    ]
+    notes = [f"- {p.row.label}, {col}: {text}" for p in plans for col, text in p.row.notes.items()]
     md = [
         f"# Table {spec.id}: {spec.title}",
         "",
@@ -142,14 +139,15 @@ def render(
         "table": spec.id,
         "rows": [
             {
-                "label": row.label,
-                "run": str(run_dir),
-                "published": row.published,
+                "label": plan.row.label,
+                "run": str(plan.run_dir),
+                "stages": [str(stage.run_dir) for stage in plan.stages],
+                "published": plan.row.published,
                 "measured": m["values"] if m else None,
                 "scores": m["scores"] if m else None,
                 "provenance": m["result"]["provenance"] if m else None,
             }
-            for (row, _, run_dir), m in zip(plans, measured, strict=True)
+            for plan, m in zip(plans, measured, strict=True)
         ],
     }
     paths["json"] = out_dir / f"table-{spec.id}.json"
@@ -168,7 +166,8 @@ def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
     csv_rows = [
         ["label"] + [f"{c}{s}" for c in spec.columns for s in ("", "_published")] + list(PROVENANCE)
     ]
-    for (row, _, _), m in zip(plans, measured, strict=True):
+    for plan, m in zip(plans, measured, strict=True):
+        row = plan.row
         cells, values = [row.label], []
         for column in spec.columns:
             ours = m["values"].get(column) if m else None
@@ -182,7 +181,7 @@ def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
 
 def _statistics_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
     """One run, metrics as rows and median/MAD/mean/std as columns (thesis Table 4.3)."""
-    (row, _, _), m = plans[0], measured[0]
+    row, m = plans[0].row, measured[0]
     stats = [STATISTIC_NAMES[s] for s in STATISTICS]
     header = ["Metric"] + [f"{s} ({who})" for s in stats for who in ("ours", "thesis")]
     md = [f"Row: {row.label}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

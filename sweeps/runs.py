@@ -118,16 +118,29 @@ def _atomic_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def execute(
-    resolved: dict[str, Any], run_dir: Path, train: bool, profile: str, label: str = ""
-) -> dict:
-    """Train (unless ``train`` is False) and test one resolved config in ``run_dir``.
+def materialise_references(value: Any, runs_root: Path) -> Any:
+    """``run:<hash>`` -> the best checkpoint of that finished run."""
+    if isinstance(value, str) and value.startswith("run:"):
+        used = runs_root / value.removeprefix("run:")
+        result = load_result(used)
+        if result is None or not result.get("checkpoint"):
+            raise RuntimeError(f"run {used}, which this run starts from or uses, has not finished")
+        return result["checkpoint"]
+    if isinstance(value, dict):
+        return {k: materialise_references(v, runs_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialise_references(v, runs_root) for v in value]
+    return value
+
+
+def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = "") -> dict:
+    """Train (if the model is trainable) and test one resolved config in ``run_dir``.
     Returns the result; a finished run is returned as it is, without any work."""
     if is_finished(run_dir):
         return load_result(run_dir)
     with run_lock(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        config = dict(resolved)
+        config = materialise_references(resolved, run_dir.parent)
         config["trainer"] = {**resolved["trainer"], "default_root_dir": str(run_dir)}
         for callback in config["trainer"].get("callbacks") or []:
             if callback["class_path"].endswith("ModelCheckpoint"):
@@ -141,7 +154,7 @@ def execute(
         cli = _cli(config, parse_only=False)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         ckpt = None
-        if train:
+        if model.trainable:
             last = run_dir / "checkpoints" / "last.ckpt"
             trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.exists() else None)
             ckpt = trainer.checkpoint_callback.best_model_path or str(last)

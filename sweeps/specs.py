@@ -30,10 +30,17 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Row:
+    """One line of a table. ``stages`` (default: one) are trained one after the other, each
+    starting from the previous stage's best checkpoint (thesis 4.2: pre-train on a mask for 40
+    epochs, then re-train for 60). A string ``"row:<label>"`` anywhere in the overrides stands
+    for the trained model of another row of the same table (e.g. the two baselines that a
+    Wiener-filter row combines)."""
+
     label: str
     overrides: dict[str, Any]
     published: dict[str, float | None]
     notes: dict[str, str] = field(default_factory=dict)
+    stages: tuple[dict[str, Any], ...] = ({},)
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,6 @@ class TableSpec:
     base: Path
     columns: list[str]
     rows: list[Row]
-    train: bool = True
     layout: str = "rows"  # "rows": one line per run; "statistics": metrics x median/MAD/mean/std
     stats_frames: int | None = None  # frames for the Parameters/MACs columns
     path: Path | None = None
@@ -66,6 +72,7 @@ def load_table(table_id: str) -> TableSpec:
                 overrides=r.get("overrides") or {},
                 published=r.get("published") or {},
                 notes=r.get("notes") or {},
+                stages=tuple(r.get("stages") or ({},)),
             )
             for r in raw["rows"]
         ]
@@ -76,7 +83,6 @@ def load_table(table_id: str) -> TableSpec:
             base=REPO / raw["base"],
             columns=list(raw["columns"]),
             rows=rows,
-            train=bool(raw.get("train", True)),
             layout=raw.get("layout", "rows"),
             stats_frames=raw.get("stats_frames"),
             path=path,
@@ -127,11 +133,13 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def compose(spec: TableSpec, row: Row, profile: dict[str, Any]) -> dict[str, Any]:
-    """Base experiment, then the row, then the profile (the profile scales, never changes
-    what a row is: it may not touch the model's architecture)."""
+def compose(
+    spec: TableSpec, row: Row, profile: dict[str, Any], stage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Base experiment, then the row, then the stage, then the profile (a profile scales data
+    and training; it never changes an architecture)."""
     base = yaml.safe_load(spec.base.read_text())
-    return deep_merge(deep_merge(base, row.overrides), profile)
+    return deep_merge(deep_merge(deep_merge(base, row.overrides), stage or {}), profile)
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

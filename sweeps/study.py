@@ -13,8 +13,9 @@ from pathlib import Path
 
 import optuna
 
-from sweeps.runs import execute, is_finished, resolve, run_dir_for
-from sweeps.specs import Row, TableSpec, compose, load_profile
+from sweeps.plan import RowPlan, plan_table
+from sweeps.runs import execute, is_finished
+from sweeps.specs import TableSpec
 
 
 def make_storage(storage: str | None, runs_root: Path) -> optuna.storages.BaseStorage | str:
@@ -27,16 +28,6 @@ def make_storage(storage: str | None, runs_root: Path) -> optuna.storages.BaseSt
     return storage
 
 
-def planned_runs(spec: TableSpec, profile: str, runs_root: Path) -> list[tuple[Row, dict, Path]]:
-    """(row, resolved config, run folder) for every row, validated before anything runs."""
-    overrides = load_profile(profile)
-    plans = []
-    for row in spec.rows:
-        resolved = resolve(compose(spec, row, overrides))
-        plans.append((row, resolved, run_dir_for(resolved, runs_root)))
-    return plans
-
-
 def run_table(
     spec: TableSpec,
     profile: str,
@@ -44,15 +35,15 @@ def run_table(
     storage: str | None = None,
 ) -> optuna.Study:
     """Run every row of ``spec`` that has no finished run, as trials of one study."""
-    plans = planned_runs(spec, profile, runs_root)
-    by_label = {row.label: (resolved, run_dir) for row, resolved, run_dir in plans}
+    plans = plan_table(spec, profile, runs_root)
+    by_label = {plan.row.label: plan for plan in plans}
     study = optuna.create_study(
         study_name=f"table-{spec.id}-{profile}",
         storage=make_storage(storage, runs_root),
         direction="maximize",
         load_if_exists=True,
     )
-    missing = [row.label for row, _, run_dir in plans if not is_finished(run_dir)]
+    missing = [plan.row.label for plan in plans if not is_finished(plan.run_dir)]
     for label in missing:
         study.enqueue_trial({"row": label}, user_attrs={"table": spec.id, "profile": profile})
     done = len(plans) - len(missing)
@@ -62,13 +53,12 @@ def run_table(
 
     def objective(trial: optuna.Trial) -> float:
         label = trial.suggest_categorical("row", [row.label for row in spec.rows])
-        resolved, run_dir = by_label[label]
-        trial.set_user_attr("run_dir", str(run_dir))
-        print(f"-- row '{label}' -> {run_dir}")
+        plan = by_label[label]
+        trial.set_user_attr("run_dir", str(plan.run_dir))
         try:
-            result = execute(resolved, run_dir, train=spec.train, profile=profile, label=label)
+            result = run_row(plan, by_label, profile)
         except Exception as error:
-            failures.append(f"row '{label}' ({run_dir}): {type(error).__name__}: {error}")
+            failures.append(f"row '{label}' ({plan.run_dir}): {type(error).__name__}: {error}")
             raise
         sdr = result["scores"].get("SDR", {}).get("median", math.nan)
         return sdr if math.isfinite(sdr) else float("nan")
@@ -79,6 +69,18 @@ def run_table(
     if failures:
         raise RowsFailed(failures)
     return study
+
+
+def run_row(plan: RowPlan, by_label: dict[str, RowPlan], profile: str) -> dict:
+    """The rows this row uses first, then its stages in order; finished runs are skipped."""
+    for label in plan.requires:
+        run_row(by_label[label], by_label, profile)
+    result: dict = {}
+    for index, stage in enumerate(plan.stages, start=1):
+        step = f" (stage {index}/{len(plan.stages)})" if len(plan.stages) > 1 else ""
+        print(f"-- row '{plan.row.label}'{step} -> {stage.run_dir}")
+        result = execute(stage.resolved, stage.run_dir, profile=profile, label=plan.row.label)
+    return result
 
 
 class RowsFailed(RuntimeError):

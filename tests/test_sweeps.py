@@ -165,8 +165,8 @@ def test_oracle_table_orders_linear_above_coarse_mel(tmp_path) -> None:
 @pytest.mark.slow
 def test_same_config_and_seed_give_the_same_numbers(tmp_path) -> None:
     resolved = _ci_run("4.1", "3x3")
-    first = execute(resolved, tmp_path / "a", train=True, profile="ci")
-    second = execute(resolved, tmp_path / "b", train=True, profile="ci")
+    first = execute(resolved, tmp_path / "a", profile="ci")
+    second = execute(resolved, tmp_path / "b", profile="ci")
     assert first["test_metrics"] == second["test_metrics"]
     assert first["scores"]["SDR"] == second["scores"]["SDR"]
     weights = [
@@ -193,7 +193,7 @@ def test_failed_run_is_not_finished_and_resumes_from_its_last_checkpoint(tmp_pat
 
     monkeypatch.setattr(SpectrogramSeparator, "training_loss", nan_in_second_epoch)
     with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1, batch 0"):
-        execute(resolved, run_dir, train=True, profile="ci")
+        execute(resolved, run_dir, profile="ci")
     assert not is_finished(run_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
@@ -206,7 +206,7 @@ def test_failed_run_is_not_finished_and_resumes_from_its_last_checkpoint(tmp_pat
         return original_fit(self, *args, ckpt_path=ckpt_path, **kwargs)
 
     monkeypatch.setattr(pl.Trainer, "fit", recording_fit)
-    result = execute(resolved, run_dir, train=True, profile="ci")
+    result = execute(resolved, run_dir, profile="ci")
     assert resumed_from == [str(run_dir / "checkpoints" / "last.ckpt")]
     assert result["epochs"] == 2 and is_finished(run_dir)
 
@@ -214,7 +214,7 @@ def test_failed_run_is_not_finished_and_resumes_from_its_last_checkpoint(tmp_pat
 @pytest.mark.slow
 def test_separate_writes_stems_at_the_input_rate(tmp_path, capsys) -> None:
     resolved = _ci_run("4.1", "3x3")
-    result = execute(resolved, tmp_path / "run", train=True, profile="ci")
+    result = execute(resolved, tmp_path / "run", profile="ci")
     song = tmp_path / "song.wav"
     t = torch.arange(22050 * 3) / 22050
     sf.write(song, torch.stack([torch.sin(2 * math.pi * 220 * t)] * 2, dim=1).numpy(), 22050)

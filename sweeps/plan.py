@@ -1,0 +1,94 @@
+"""From a table spec to the runs it needs: one or more stages per row, and the other rows it
+uses, each stage a fully resolved config in its own hashed run folder.
+
+References between runs are written ``run:<hash>`` in the hashed configs, so a run's identity
+includes the identity of every run it starts from or combines; they become checkpoint paths
+only when a run executes (``sweeps.runs.execute``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.runs import resolve, run_dir_for
+from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile
+
+ROW_REFERENCE = "row:"
+RUN_REFERENCE = "run:"
+
+
+@dataclass(frozen=True)
+class Stage:
+    resolved: dict[str, Any]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    row: Row
+    stages: tuple[Stage, ...]
+    requires: tuple[str, ...]  # labels of the rows whose trained models this row uses
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """The config of the run whose results the table shows (the last stage)."""
+        return self.stages[-1].resolved
+
+    @property
+    def run_dir(self) -> Path:
+        return self.stages[-1].run_dir
+
+
+def _references(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value.removeprefix(ROW_REFERENCE)] if value.startswith(ROW_REFERENCE) else []
+    if isinstance(value, dict):
+        return [ref for v in value.values() for ref in _references(v)]
+    if isinstance(value, list):
+        return [ref for v in value for ref in _references(v)]
+    return []
+
+
+def _substitute(value: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(value, str) and value in mapping:
+        return mapping[value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, mapping) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, mapping) for v in value]
+    return value
+
+
+def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
+    """Every row's stages, resolved and validated before anything runs."""
+    overrides = load_profile(profile)
+    rows = {row.label: row for row in spec.rows}
+    plans: dict[str, RowPlan] = {}
+
+    def plan(row: Row, visiting: tuple[str, ...]) -> RowPlan:
+        if row.label in plans:
+            return plans[row.label]
+        if row.label in visiting:
+            raise SpecError(f"{spec.path}: rows reference each other in a cycle: {visiting}")
+        mapping, requires = {}, []
+        for label in _references(row.overrides) + [r for s in row.stages for r in _references(s)]:
+            if label not in rows:
+                raise SpecError(f"{spec.path}: row '{row.label}' uses unknown row '{label}'")
+            used = plan(rows[label], (*visiting, row.label))
+            mapping[ROW_REFERENCE + label] = RUN_REFERENCE + used.run_dir.name
+            requires.append(label)
+        stages: list[Stage] = []
+        for stage in row.stages:
+            config = _substitute(compose(spec, row, overrides, stage), mapping)
+            if stages:  # start from the previous stage's trained weights
+                config = deep_merge(
+                    config, {"model.init_args.init_from": RUN_REFERENCE + stages[-1].run_dir.name}
+                )
+            resolved = resolve(config)
+            stages.append(Stage(resolved, run_dir_for(resolved, runs_root)))
+        plans[row.label] = RowPlan(row, tuple(stages), tuple(dict.fromkeys(requires)))
+        return plans[row.label]
+
+    return [plan(row, ()) for row in spec.rows]

@@ -199,3 +199,52 @@ def test_configurable_variants() -> None:
     assert net(torch.rand(1, 1, 16, 8)).shape == (1, 8, 16, 8)
     with pytest.raises(ValueError):
         net(torch.rand(1, 1, 15, 8))
+
+
+def test_encode_decode_equals_forward() -> None:
+    net = MDenseNet(1, growth_rates=(8, 6, 7, 5, 4), layers=(2, 1, 2, 1, 3)).eval()
+    x = torch.rand(2, 1, 16, 8)
+    with torch.no_grad():
+        bottleneck, skips = net.encode(x)
+        assert bottleneck.shape == (2, 7, 4, 2)
+        assert [s.shape[1:] for s in skips] == [(8, 16, 8), (6, 8, 4)]
+        before = list(skips)
+        torch.testing.assert_close(net.decode(bottleneck, skips), net(x), rtol=0, atol=0)
+    assert len(skips) == 2 and all(a is b for a, b in zip(skips, before, strict=True))
+    with pytest.raises(IndexError):
+        net.decode(bottleneck, skips, decoder_index=1)
+
+
+def test_second_decoder_is_independent_copy_of_the_first() -> None:
+    single = MDenseNet(1, growth_rates=(8, 6, 7, 5, 4), layers=(2, 1, 2, 1, 3))
+    double = MDenseNet(1, growth_rates=(8, 6, 7, 5, 4), layers=(2, 1, 2, 1, 3), n_decoders=2)
+    first, second = (nn.ModuleList(double.decoder_parts(i)) for i in (0, 1))
+    assert n_params(double) - n_params(single) == n_params(second) == n_params(first)
+    assert not {id(p) for p in first.parameters()} & {id(p) for p in second.parameters()}
+    x = torch.rand(1, 1, 16, 8)
+    with torch.no_grad():
+        encoded = double.encode(x)
+        out0, out1 = (double.decode(*encoded, decoder_index=i) for i in (0, 1))
+        assert out0.shape == out1.shape == (1, 4, 16, 8)
+        assert not torch.equal(out0, out1)
+        torch.testing.assert_close(double(x), out0, rtol=0, atol=0)
+        view = double.decoder_view(1)
+        assert list(view.state_dict()) == list(single.state_dict())
+        assert n_params(view) == n_params(single)
+        torch.testing.assert_close(view(x), out1, rtol=0, atol=0)
+    assert double.n_decoders == 2  # the view did not change the original
+    assert single.decoder_view(0) is single
+    with pytest.raises(ValueError):
+        MDenseNet(1, growth_rates=(8, 8, 8), layers=(2, 2, 2), n_decoders=0)
+
+
+def test_join_bands_per_decoder() -> None:
+    model = MMDenseNet(n_decoders=2).eval()
+    x = torch.rand(2, 1, SMALL_F, 8)
+    with torch.no_grad():
+        joined = model.join_bands_per_decoder(x, (0, 1))
+        torch.testing.assert_close(joined[0], model.join_bands(x), rtol=0, atol=0)
+        torch.testing.assert_close(joined[1], model.decoder_view(1).join_bands(x), rtol=0, atol=0)
+    assert joined[1].shape == joined[0].shape == (2, 22, SMALL_F, 8)
+    assert n_params(model.decoder_view(0)) == 268_929
+    assert n_params(model) > 268_929

@@ -1,5 +1,6 @@
 """Network architectures (plain ``nn.Module``s, no training logic)."""
 
+from lightning_modules.nets.heads import EmbeddingHead, MultiHeadMMDenseNet
 from lightning_modules.nets.mmdensenet import (
     FULL_BAND,
     HIGH_BAND,
@@ -21,7 +22,9 @@ __all__ = [
     "DenseBlock",
     "DenseLayer",
     "Downsample",
+    "EmbeddingHead",
     "MDenseNet",
     "MMDenseNet",
+    "MultiHeadMMDenseNet",
     "Upsample",
 ]

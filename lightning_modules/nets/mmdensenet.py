@@ -8,6 +8,7 @@ before being joined along frequency. The default model has exactly 268,929 param
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,40 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 OUTPUT_ACTIVATIONS = ("relu", "none", "abs", "sigmoid")
+
+
+def check_output_activation(name: str) -> str:
+    """Validate an output-activation name at construction time (not on the first forward)."""
+    if name not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {name!r}")
+    return name
+
+
+def apply_output_activation(x: Tensor, name: str) -> Tensor:
+    """The output function named ``name`` (one of ``OUTPUT_ACTIVATIONS``), shared by all heads."""
+    if name == "relu":
+        return F.relu(x)
+    if name == "abs":
+        return x.abs()
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def kaiming_init_(module: nn.Module) -> None:
+    """Kaiming-normal conv weights (ReLU gain), zero biases, BatchNorm to identity.
+
+    A free function so that networks built around an ``MMDenseNet`` (extra heads) initialise
+    their own layers exactly like it.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class DenseLayer(nn.Module):
@@ -89,6 +124,11 @@ class MDenseNet(nn.Module):
     ``growth_rates`` and ``layers`` list one entry per dense block in order encoder ->
     bottleneck -> decoder, so ``2 * s + 1`` entries for ``s`` scales. The input spatial size
     must be divisible by ``2 ** s``. Output channels equal the last growth rate.
+
+    ``n_decoders > 1`` adds independent decoders (same configuration) on the shared encoder,
+    for multi-task heads split after the encoder (thesis Section 4.3). Decoder 0 keeps the
+    attribute names ``upsamples``/``decoder`` so single-decoder state dicts are unchanged;
+    further decoders live in ``extra_upsamples``/``extra_decoders``. ``forward`` uses decoder 0.
     """
 
     def __init__(
@@ -98,8 +138,11 @@ class MDenseNet(nn.Module):
         layers: Sequence[int],
         input_kernel_size: int = 3,
         first_channels: int = 32,
+        n_decoders: int = 1,
     ) -> None:
         super().__init__()
+        if n_decoders < 1:
+            raise ValueError(f"n_decoders must be >= 1, got {n_decoders}")
         if len(growth_rates) != len(layers):
             raise ValueError("growth_rates and layers must have the same length")
         if len(growth_rates) % 2 != 1:
@@ -128,17 +171,40 @@ class MDenseNet(nn.Module):
             self.downsamples.append(Downsample(channels))
 
         self.bottleneck = DenseBlock(channels, growth_rates[s], layers[s])
-        channels = growth_rates[s]
 
-        self.upsamples = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for k, n in zip(growth_rates[s + 1 :], layers[s + 1 :], strict=True):
-            self.upsamples.append(Upsample(channels))
-            self.decoder.append(DenseBlock(channels + skip_channels.pop(), k, n))
-            channels = k
-        self.out_channels = channels
+        def build_decoder() -> tuple[nn.ModuleList, nn.ModuleList]:
+            channels = growth_rates[s]
+            upsamples, decoder = nn.ModuleList(), nn.ModuleList()
+            for k, n, skip in zip(
+                growth_rates[s + 1 :], layers[s + 1 :], reversed(skip_channels), strict=True
+            ):
+                upsamples.append(Upsample(channels))
+                decoder.append(DenseBlock(channels + skip, k, n))
+                channels = k
+            return upsamples, decoder
 
-    def forward(self, x: Tensor) -> Tensor:
+        self.upsamples, self.decoder = build_decoder()
+        extra = [build_decoder() for _ in range(n_decoders - 1)]
+        # Empty ModuleLists add no state-dict keys, so n_decoders=1 checkpoints are unchanged.
+        self.extra_upsamples = nn.ModuleList(up for up, _ in extra)
+        self.extra_decoders = nn.ModuleList(dec for _, dec in extra)
+        self.n_decoders = n_decoders
+        self.out_channels = self.decoder[-1].out_channels
+
+    def decoder_parts(self, index: int = 0) -> tuple[nn.ModuleList, nn.ModuleList]:
+        """``(upsamples, dense blocks)`` of decoder ``index``."""
+        if not 0 <= index < self.n_decoders:
+            raise IndexError(f"decoder_index {index} out of range for {self.n_decoders} decoders")
+        if index == 0:
+            return self.upsamples, self.decoder
+        return self.extra_upsamples[index - 1], self.extra_decoders[index - 1]
+
+    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Input conv, encoder blocks and bottleneck: ``(bottleneck output, skips)``.
+
+        ``skips`` are the encoder block outputs, finest scale first; run the encoder once and
+        decode it with several decoders.
+        """
         factor = 2**self.scales
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
@@ -151,10 +217,36 @@ class MDenseNet(nn.Module):
             out = block(out)
             skips.append(out)
             out = down(out)
-        out = self.bottleneck(out)
-        for up, block in zip(self.upsamples, self.decoder, strict=True):
-            out = block(torch.cat([up(out), skips.pop()], dim=1))
+        return self.bottleneck(out), skips
+
+    def decode(self, bottleneck: Tensor, skips: Sequence[Tensor], decoder_index: int = 0) -> Tensor:
+        """Upsampling path of decoder ``decoder_index``; ``skips`` is not modified."""
+        upsamples, decoder = self.decoder_parts(decoder_index)
+        out = bottleneck
+        for up, block, skip in zip(upsamples, decoder, reversed(skips), strict=True):
+            out = block(torch.cat([up(out), skip], dim=1))
         return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(*self.encode(x))
+
+    def decoder_view(self, index: int = 0) -> MDenseNet:
+        """A single-decoder ``MDenseNet`` sharing this net's encoder and decoder ``index``.
+
+        No weights are copied: the view's modules are this net's. Its parameters, state-dict
+        keys and forward are those of a plain ``n_decoders=1`` MDenseNet, so it is what to
+        count or export at inference when the extra decoders only served as training heads.
+        """
+        upsamples, decoder = self.decoder_parts(index)
+        if self.n_decoders == 1:
+            return self
+        view = copy.copy(self)  # new Module object whose attributes refer to the same modules
+        view._modules = dict(self._modules)
+        view._modules["upsamples"], view._modules["decoder"] = upsamples, decoder
+        view._modules["extra_upsamples"] = nn.ModuleList()
+        view._modules["extra_decoders"] = nn.ModuleList()
+        view.n_decoders = 1
+        return view
 
 
 @dataclass(frozen=True)
@@ -181,7 +273,9 @@ class MMDenseNet(nn.Module):
     full-band output, and fed through a final dense block and a biased 1x1 output conv.
 
     Either band pair (``low``/``high``) or ``full`` may be ``None`` to build single-path
-    variants; at least one path must remain.
+    variants; at least one path must remain. ``n_decoders`` is passed to every band (extra
+    decoders for multi-task heads, see ``heads.MultiHeadMMDenseNet``); ``forward`` always
+    uses decoder 0 and ``decoder_view(0)`` is the plain single-decoder model.
     """
 
     def __init__(
@@ -197,24 +291,28 @@ class MMDenseNet(nn.Module):
         final_layers: int = 2,
         first_channels: int = 32,
         split_bin: int | None = None,
+        n_decoders: int = 1,
     ) -> None:
         super().__init__()
-        if output_activation not in OUTPUT_ACTIVATIONS:
-            raise ValueError(
-                f"output_activation must be one of {OUTPUT_ACTIVATIONS}, got {output_activation!r}"
-            )
+        check_output_activation(output_activation)
         if (low is None) != (high is None):
             raise ValueError("low and high band must be given together (or both None)")
         if low is None and full is None:
             raise ValueError("at least one of the band pair or the full band is required")
         self.output_activation = output_activation
         self.split_bin = split_bin
+        self.n_decoders = n_decoders
 
         def build(cfg: BandConfig | None) -> MDenseNet | None:
             if cfg is None:
                 return None
             return MDenseNet(
-                in_channels, cfg.growth_rates, cfg.layers, input_kernel_size, first_channels
+                in_channels,
+                cfg.growth_rates,
+                cfg.layers,
+                input_kernel_size,
+                first_channels,
+                n_decoders,
             )
 
         self.low_band = build(low)
@@ -232,14 +330,7 @@ class MMDenseNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal conv weights (ReLU gain), zero biases, BatchNorm to identity."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
     @staticmethod
     def _pad_channels(x: Tensor, channels: int) -> Tensor:
@@ -254,22 +345,62 @@ class MMDenseNet(nn.Module):
 
         Channel layout: ``[band_channels of low|high joined along frequency, full-band]``.
         """
-        parts: list[Tensor] = []
+        return self.join_bands_per_decoder(x, (0,))[0]
+
+    def join_bands_per_decoder(self, x: Tensor, decoder_indices: Sequence[int]) -> list[Tensor]:
+        """One joined tensor (as in ``join_bands``) per band decoder in ``decoder_indices``.
+
+        Each band's encoder runs once and is decoded by every requested decoder, which is how
+        a multi-task net split after the encoder gets its second head's input.
+        """
+
+        def run(net: MDenseNet, inp: Tensor) -> list[Tensor]:
+            if list(decoder_indices) == [0]:
+                return [net(inp)]  # a module call, so forward hooks on the bands still fire
+            bottleneck, skips = net.encode(inp)
+            return [net.decode(bottleneck, skips, i) for i in decoder_indices]
+
+        parts: list[list[Tensor]] = []
         if self.low_band is not None and self.high_band is not None:
             split = self.split_bin if self.split_bin is not None else x.shape[-2] // 2
-            low = self._pad_channels(self.low_band(x[..., :split, :]), self.band_channels)
-            high = self._pad_channels(self.high_band(x[..., split:, :]), self.band_channels)
-            parts.append(torch.cat([low, high], dim=-2))
+            lows = run(self.low_band, x[..., :split, :])
+            highs = run(self.high_band, x[..., split:, :])
+            parts.append(
+                [
+                    torch.cat(
+                        [
+                            self._pad_channels(low, self.band_channels),
+                            self._pad_channels(high, self.band_channels),
+                        ],
+                        dim=-2,
+                    )
+                    for low, high in zip(lows, highs, strict=True)
+                ]
+            )
         if self.full_band is not None:
-            parts.append(self.full_band(x))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+            parts.append(run(self.full_band, x))
+        return [torch.cat(p, dim=1) if len(p) > 1 else p[0] for p in zip(*parts, strict=True)]
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.output_conv(self.final_block(self.join_bands(x)))
-        if self.output_activation == "relu":
-            return F.relu(out)
-        if self.output_activation == "abs":
-            return out.abs()
-        if self.output_activation == "sigmoid":
-            return torch.sigmoid(out)
-        return out
+        return apply_output_activation(out, self.output_activation)
+
+    def decoder_view(self, index: int = 0) -> MMDenseNet:
+        """A single-decoder ``MMDenseNet`` sharing all weights, with band decoder ``index``.
+
+        Returns ``self`` when there is only one decoder. Otherwise the view's parameters,
+        state-dict keys and output are exactly a plain MMDenseNet's (no copies), so loading a
+        plain checkpoint into it updates this net, and counting it gives inference cost.
+        """
+        if self.n_decoders == 1:
+            if index != 0:
+                raise IndexError(f"decoder index {index} out of range for 1 decoder")
+            return self
+        view = copy.copy(self)  # new Module object whose attributes refer to the same modules
+        view._modules = dict(self._modules)
+        for name in ("low_band", "high_band", "full_band"):
+            band = self._modules[name]
+            if band is not None:
+                view._modules[name] = band.decoder_view(index)
+        view.n_decoders = 1
+        return view

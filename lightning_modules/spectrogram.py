@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp import istft, stft
+from lightning_modules.dsp import istft, stft, truncated_phase_sensitive_mask, wiener_like_mask
 from lightning_modules.separator import Separator, split_decay_groups
 
 # The network is injected as an nn.Module; LightningCLI stores its config in the checkpoint
@@ -50,12 +50,25 @@ def framewise_snr(
     return 10 * torch.log10((signal + eps) / (error + eps))
 
 
+#: What the network's output is trained to be (thesis 3.3.3 and 4.2):
+#: "spectrogram": the target's magnitude (spectrogram approximation, SA);
+#: "mask": an oracle mask of the target, ``mask`` = "wf" or "tps" (mask approximation, MA);
+#: "learned_mask": a mask that, multiplied with the mixture, approximates the target's
+#: magnitude (the network learns its own mask, trained as SA).
+OBJECTIVES = ("spectrogram", "mask", "learned_mask")
+MASKS = ("wf", "tps")
+
+
 class SpectrogramSeparator(Separator):
-    """MMDenseNet-style magnitude estimation of one target with the thesis's training recipe.
+    """Magnitude-domain separation of one target with the thesis's training recipe.
 
     Args:
-        net: the network, (B, 1, F, T) -> (B, 1, F, T), e.g. ``lightning_modules.nets.MMDenseNet``.
+        net: the network, (B, 1, F, T) -> (B, 1, F, T) or a dict of heads with "main"
+            (e.g. ``lightning_modules.nets.MMDenseNet``, ``MultiHeadMMDenseNet``).
         target: which target of the batch the network estimates ("vocals" is index 0).
+        objective: see ``OBJECTIVES``; mask objectives want a sigmoid output function.
+        mask: the oracle mask of the "mask" objective: Wiener filter ("wf", alpha 2) or
+            truncated phase-sensitive ("tps").
         lr, eps, weight_decay: AdamW of thesis Table 3.1.
         plateau_factor, plateau_patience: ReduceLROnPlateau on the validation loss (the thesis
             gives the factor 0.1, not the patience; 10 is torch's default).
@@ -66,6 +79,8 @@ class SpectrogramSeparator(Separator):
         self,
         net: nn.Module,
         target: str = "vocals",
+        objective: str = "spectrogram",
+        mask: str = "wf",
         lr: float = 2e-3,
         eps: float = 1e-6,
         weight_decay: float = 1e-5,
@@ -79,17 +94,47 @@ class SpectrogramSeparator(Separator):
     ) -> None:
         super().__init__(rate, context_frames, eval_workers, init_from)
         self.save_hyperparameters()
+        if objective not in OBJECTIVES or mask not in MASKS:
+            raise ValueError(
+                f"objective must be one of {OBJECTIVES} and mask one of {MASKS}, "
+                f"got objective={objective!r}, mask={mask!r}"
+            )
         self.net = net
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]
 
+    def heads(self, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every output of the network for a (B, F, T) mixture magnitude: "main" (B, F, T),
+        and for multi-head networks "second" (B, F, T) and "embedding" (B, K, F, T)."""
+        out = self.net(magnitude.unsqueeze(1))
+        out = out if isinstance(out, dict) else {"main": out}
+        return {k: v if k == "embedding" else v.squeeze(1) for k, v in out.items()}
+
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """(B, F, T) mixture magnitude -> (B, F, T) target magnitude."""
-        return self.net(magnitude.unsqueeze(1)).squeeze(1)
+        """(B, F, T) mixture magnitude -> (B, F, T) raw output of the main head."""
+        return self.heads(magnitude)["main"]
+
+    def magnitude_from_output(self, output: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        """The target's magnitude implied by an output: |output| for spectrograms (thesis
+        4.1.2: negative bins of an unconstrained output are mirrored), mask x mixture else."""
+        return output.abs() if self.hparams.objective == "spectrogram" else output * mixture
 
     def estimate_magnitude(self, mixture_magnitude: torch.Tensor) -> torch.Tensor:
-        """What the model outputs as the target's magnitude; |output| covers outputs without
-        a positivity constraint (thesis 4.1.2: negative bins are mirrored)."""
-        return self(mixture_magnitude).abs()
+        return self.magnitude_from_output(self(mixture_magnitude), mixture_magnitude)
+
+    def oracle_mask(self, target: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        """The mask-approximation target from complex STFTs of target and mixture."""
+        if self.hparams.mask == "tps":
+            return truncated_phase_sensitive_mask(target, mixture)
+        magnitudes = torch.stack([target.abs(), (mixture - target).abs()], dim=-3)
+        return wiener_like_mask(magnitudes, alpha=2.0)[..., 0, :, :]
+
+    def objective_loss(
+        self, output: torch.Tensor, mixture: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE of the objective, from the raw output and complex mixture/target STFTs."""
+        if self.hparams.objective == "mask":
+            return F.mse_loss(output, self.oracle_mask(target, mixture))
+        return F.mse_loss(self.magnitude_from_output(output, mixture.abs()), target.abs())
 
     def _target(self, batch: dict) -> torch.Tensor:
         targets = batch["targets"]
@@ -98,9 +143,8 @@ class SpectrogramSeparator(Separator):
         return targets[:, 0]
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        mixture = stft(batch["mixture"]).abs()
-        target = stft(self._target(batch)).abs()
-        return F.mse_loss(self(mixture), target)
+        mixture, target = stft(batch["mixture"]), stft(self._target(batch))
+        return self.objective_loss(self(mixture.abs()), mixture, target)
 
     def _checked(self, loss: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:
         if not torch.isfinite(loss):
@@ -143,17 +187,13 @@ class SpectrogramSeparator(Separator):
             # torch.nanmedian would return the lower one.
             self.log("val/sdr", values.nanquantile(0.5), prog_bar=True, rank_zero_only=True)
 
-    def _separate(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-track target estimate: (estimated magnitude (F, frames), waveform (T,))."""
+    def _separate(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Full-track estimate of the target: (raw output (F, frames), mixture STFT, waveform)."""
         spectrum = stft(mixture, center=True)
-        magnitude = in_blocks(
-            self.estimate_magnitude,
-            spectrum.abs(),
-            self.context_frames,
-            self.hparams.blocks_per_batch,
-        )
+        output = in_blocks(self, spectrum.abs(), self.context_frames, self.hparams.blocks_per_batch)
+        magnitude = self.magnitude_from_output(output, spectrum.abs())
         waveform = istft(magnitude * torch.exp(1j * spectrum.angle()), length=mixture.shape[-1])
-        return magnitude, waveform
+        return output, spectrum, waveform
 
     def _to_vocals(self, target: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         return target if self.target_index == 0 else mixture - target
@@ -161,15 +201,15 @@ class SpectrogramSeparator(Separator):
     def separate_vocals(
         self, mixture: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self._to_vocals(self._separate(mixture)[1], mixture)
+        return self._to_vocals(self._separate(mixture)[2], mixture)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """Full-track separation, the objective on the whole track (the "Loss" column of
         Tables 4.1-4.3, averaged over tracks), then museval in the background."""
         self.check_test_batch(batch)
-        magnitude, target = self._separate(batch["mixture"])
+        output, spectrum, target = self._separate(batch["mixture"])
         reference = self._target({"targets": batch["targets"][None]})[0]
-        loss = F.mse_loss(magnitude, stft(reference, center=True).abs())
+        loss = self.objective_loss(output, spectrum, stft(reference, center=True))
         self.log("test/loss", loss, batch_size=1, sync_dist=True)
         self.submit_for_evaluation(batch, self._to_vocals(target, batch["mixture"]))
 

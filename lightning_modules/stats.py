@@ -45,8 +45,11 @@ def net_from_config(net_config: dict) -> nn.Module:
 
 
 def network_stats(config: dict, frames: int) -> dict[str, int]:
-    """Parameters and MACs of the network of an experiment config (``model.init_args.net``)."""
+    """Parameters and MACs of the network of an experiment config (``model.init_args.net``),
+    at inference: training-only heads (accompaniment, embeddings) are not counted."""
     net = net_from_config(config["model"]["init_args"]["net"])
+    if hasattr(net, "inference_net"):
+        net = net.inference_net()
     return {"params": count_parameters(net), "macs": count_macs(net, frames)}
 
 

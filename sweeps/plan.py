@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.runs import resolve, run_dir_for
-from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile
+from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile, load_table
 
 ROW_REFERENCE = "row:"
 RUN_REFERENCE = "run:"
@@ -32,13 +32,17 @@ class RowPlan:
     requires: tuple[str, ...]  # labels of the rows whose trained models this row uses
 
     @property
-    def resolved(self) -> dict[str, Any]:
-        """The config of the run whose results the table shows (the last stage)."""
-        return self.stages[-1].resolved
+    def runnable(self) -> bool:
+        return bool(self.stages)
 
     @property
-    def run_dir(self) -> Path:
-        return self.stages[-1].run_dir
+    def resolved(self) -> dict[str, Any] | None:
+        """The config of the run whose results the table shows (the last stage)."""
+        return self.stages[-1].resolved if self.stages else None
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.stages[-1].run_dir if self.stages else None
 
 
 def _references(value: Any) -> list[str]:
@@ -72,6 +76,16 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
             return plans[row.label]
         if row.label in visiting:
             raise SpecError(f"{spec.path}: rows reference each other in a cycle: {visiting}")
+        if row.unavailable:
+            plans[row.label] = RowPlan(row, (), ())
+            return plans[row.label]
+        if row.source:  # the row of another table, planned (and run) as that table does
+            other = plan_table(load_table(row.source["table"]), profile, runs_root)
+            matches = [p for p in other if p.row.label == row.source["row"]]
+            if not matches:
+                raise SpecError(f"{spec.path}: row '{row.label}' names unknown {row.source}")
+            plans[row.label] = RowPlan(row, matches[0].stages, ())
+            return plans[row.label]
         mapping, requires = {}, []
         for label in _references(row.overrides) + [r for s in row.stages for r in _references(s)]:
             if label not in rows:

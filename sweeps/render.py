@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,12 @@ STATISTIC_NAMES = {"median": "median", "mad": "MAD", "mean": "mean", "std": "std
 BSS_METRICS = ("SDR", "SIR", "SAR", "ISR", "PES", "EPS")
 
 
-def run_scores(run_dir: Path) -> dict[str, dict[str, float]]:
+def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, float]]:
     """Statistics over tracks, recomputed from the run's per-track museval JSON files."""
     files = sorted((run_dir / "museval").glob("*.json"))
     if not files:
         raise FileNotFoundError(f"{run_dir}/museval holds no per-track results")
-    return aggregate([json.loads(f.read_text()) for f in files], target="vocals")
+    return aggregate([json.loads(f.read_text()) for f in files], target=target)
 
 
 def efficiency_columns(resolved: dict[str, Any], frames: int) -> dict[str, int]:
@@ -43,12 +45,12 @@ def efficiency_columns(resolved: dict[str, Any], frames: int) -> dict[str, int]:
     return {"Parameters": stats["params"], "MACs": stats["macs"]}
 
 
-def measured_row(spec: TableSpec, resolved: dict, run_dir: Path) -> dict[str, Any] | None:
-    """Our numbers for one row, or None when its run has not finished."""
-    result = load_result(run_dir)
-    if result is None:
+def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
+    """Our numbers for one row, or None when its run has not finished (or cannot run yet)."""
+    if not plan.runnable or (result := load_result(plan.run_dir)) is None:
         return None
-    scores = run_scores(run_dir)
+    resolved, run_dir = plan.resolved, plan.run_dir
+    scores = run_scores(run_dir, plan.row.report)
     values: dict[str, Any] = {}
     for column in spec.columns:
         if column in BSS_METRICS:
@@ -101,7 +103,7 @@ def _smoke_warning(measured: list[dict | None]) -> list[str]:
 def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> dict[str, Path]:
     """Write the table's .md/.csv/.json from the finished runs of ``plans``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured = [measured_row(spec, plan.resolved, plan.run_dir) for plan in plans]
+    measured = [measured_row(spec, plan) for plan in plans]
     if spec.layout == "statistics":
         lines_md, rows_csv = _statistics_layout(spec, plans, measured)
     else:
@@ -110,7 +112,12 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
         [(p.row.label, p.run_dir) for p, m in zip(plans, measured, strict=True) if m],
         out_dir / f"table-{spec.id}-curves.png",
     )
-    notes = [f"- {p.row.label}, {col}: {text}" for p in plans for col, text in p.row.notes.items()]
+    reported = [
+        f"- {p.row.label}: {p.row.report} metrics" for p in plans if p.row.report != "vocals"
+    ]
+    notes = reported + [
+        f"- {p.row.label}, {col}: {text}" for p in plans for col, text in p.row.notes.items()
+    ]
     md = [
         f"# Table {spec.id}: {spec.title}",
         "",
@@ -123,13 +130,20 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
         *lines_md,
         "",
         "Ours: medians over tracks of the per-track medians over 1 s frames (museval BSS Eval v4) "
-        "for the vocals. '?' under thesis: not legible in the thesis text (see notes). "
-        "'not run': no finished run. '–': does not apply.",
+        "for the vocals (unless a note says otherwise). '?' under thesis: not legible in the "
+        "thesis text (see notes). 'not run': no finished run. '–': does not apply.",
     ]
     if notes:
-        md += ["", "Notes on published values:", *notes]
+        md += ["", "Notes:", *notes]
     if curves:
         md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
+    for plan, m in zip(plans, measured, strict=True):
+        figure = plan.run_dir / "embeddings_pca.png" if m else None
+        if figure and figure.exists():  # thesis Fig. 4.10, written by the chimera models
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", plan.row.label).strip("-").lower()
+            copy = out_dir / f"table-{spec.id}-{slug}-embeddings.png"
+            shutil.copyfile(figure, copy)
+            md += ["", f"Embeddings of '{plan.row.label}' (PCA): ![embeddings]({copy.name})"]
     paths = {"md": out_dir / f"table-{spec.id}.md", "csv": out_dir / f"table-{spec.id}.csv"}
     paths["md"].write_text("\n".join(md) + "\n")
     with open(paths["csv"], "w", newline="") as handle:
@@ -140,7 +154,7 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
         "rows": [
             {
                 "label": plan.row.label,
-                "run": str(plan.run_dir),
+                "run": str(plan.run_dir) if plan.run_dir else None,
                 "stages": [str(stage.run_dir) for stage in plan.stages],
                 "published": plan.row.published,
                 "measured": m["values"] if m else None,

@@ -41,6 +41,10 @@ class Row:
     published: dict[str, float | None]
     notes: dict[str, str] = field(default_factory=dict)
     stages: tuple[dict[str, Any], ...] = ({},)
+    base: Path | None = None  # another base experiment than the table's
+    report: str = "vocals"  # the target whose metrics the row shows
+    source: dict[str, str] | None = None  # {table, row}: the row is another table's row
+    unavailable: str | None = None  # why the row cannot run yet (a family not built)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ def load_table(table_id: str) -> TableSpec:
                 published=r.get("published") or {},
                 notes=r.get("notes") or {},
                 stages=tuple(r.get("stages") or ({},)),
+                base=REPO / r["base"] if r.get("base") else None,
+                report=r.get("report", "vocals"),
+                source=r.get("source"),
+                unavailable=r.get("unavailable"),
             )
             for r in raw["rows"]
         ]
@@ -89,8 +97,9 @@ def load_table(table_id: str) -> TableSpec:
         )
     except (KeyError, TypeError) as error:
         raise SpecError(f"{path}: malformed table spec ({error!r})") from error
-    if not spec.base.exists():
-        raise SpecError(f"{path}: base experiment {spec.base} does not exist")
+    for base in {spec.base, *(r.base for r in rows if r.base)}:
+        if not base.exists():
+            raise SpecError(f"{path}: base experiment {base} does not exist")
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise SpecError(f"{path}: duplicate row labels {labels}")
@@ -138,7 +147,7 @@ def compose(
 ) -> dict[str, Any]:
     """Base experiment, then the row, then the stage, then the profile (a profile scales data
     and training; it never changes an architecture)."""
-    base = yaml.safe_load(spec.base.read_text())
+    base = yaml.safe_load((row.base or spec.base).read_text())
     return deep_merge(deep_merge(deep_merge(base, row.overrides), stage or {}), profile)
 
 

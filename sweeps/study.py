@@ -43,11 +43,16 @@ def run_table(
         direction="maximize",
         load_if_exists=True,
     )
-    missing = [plan.row.label for plan in plans if not is_finished(plan.run_dir)]
+    for plan in plans:
+        if plan.row.source and not is_finished(plan.run_dir):
+            source = plan.row.source["table"]
+            print(f"row '{plan.row.label}' comes from table {source}: run `make table-{source}`")
+    own = [plan for plan in plans if plan.runnable and not plan.row.source]
+    missing = [plan.row.label for plan in own if not is_finished(plan.run_dir)]
     for label in missing:
         study.enqueue_trial({"row": label}, user_attrs={"table": spec.id, "profile": profile})
-    done = len(plans) - len(missing)
-    print(f"table {spec.id} ({profile}): {done}/{len(plans)} rows finished, running {len(missing)}")
+    done = len(own) - len(missing)
+    print(f"table {spec.id} ({profile}): {done}/{len(own)} rows finished, running {len(missing)}")
 
     failures: list[str] = []
 

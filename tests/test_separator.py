@@ -159,3 +159,55 @@ def test_validation_sdr_is_the_median_over_chunks_with_non_silent_vocals() -> No
     model.on_validation_epoch_end()
     # Identity network: estimate = mixture, so SNR = 10 log10(|v|^2 / |a|^2): 20 dB and 0 dB.
     assert logged["val/sdr"].item() == pytest.approx(10.0, abs=0.2)
+
+
+@pytest.mark.parametrize("mask", ["wf", "tps"])
+def test_oracle_mask_targets_are_bounded(mask: str) -> None:
+    model = SpectrogramSeparator(TinyNet(), objective="mask", mask=mask, context_frames=8)
+    batch = _batch(batch_size=3, seed=1)
+    mixture, target = stft(batch["mixture"]), stft(batch["targets"][:, 0])
+    oracle = model.oracle_mask(target, mixture)
+    assert oracle.shape == mixture.shape
+    assert oracle.min() >= 0 and oracle.max() <= 1
+    if mask == "tps":  # anti-phase bins are clamped at 0, so TPS reaches both bounds
+        assert (oracle == 0).any() and (oracle == 1).any()
+
+
+def test_mask_objectives_estimate_mask_times_mixture() -> None:
+    class Half(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, 0.5)
+
+    magnitude = torch.rand(2, 16, 8)
+    for objective in ("mask", "learned_mask"):
+        model = SpectrogramSeparator(Half(), objective=objective, context_frames=8)
+        torch.testing.assert_close(model.estimate_magnitude(magnitude), 0.5 * magnitude)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        SpectrogramSeparator(Half(), objective="masks")
+
+
+def test_joint_masks_split_the_mixture_between_the_heads() -> None:
+    from lightning_modules.multitask import MultiTaskSeparator
+    from lightning_modules.nets import MultiHeadMMDenseNet
+
+    net = MultiHeadMMDenseNet(second_head="out_block")
+    model = MultiTaskSeparator(net, joint_mask=True, context_frames=8).eval()
+    magnitude = torch.rand(1, 1024, 8)
+    with torch.no_grad():
+        heads = model.heads(magnitude)
+        joint = model.joint_magnitudes(heads, magnitude)
+    torch.testing.assert_close(joint.sum(dim=-3), magnitude, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(magnitude), joint[..., 0, :, :])
+    with pytest.raises(ValueError, match="joint mask"):
+        MultiTaskSeparator(net, joint_mask=True, objective="mask")
+
+
+def test_chimera_validates_its_weight() -> None:
+    from lightning_modules.chimera import ChimeraSeparator
+    from lightning_modules.nets import MultiHeadMMDenseNet
+
+    net = MultiHeadMMDenseNet(embedding_split="pre_block")
+    with pytest.raises(ValueError, match="alpha"):
+        ChimeraSeparator(net, alpha=1.5)
+    with pytest.raises(ValueError, match="clustering"):
+        ChimeraSeparator(net, clustering="kmeans")

@@ -1,0 +1,95 @@
+"""Chimera deep clustering (thesis 4.6, Tables 4.12/4.13; Luo et al.'s chimera network).
+
+An embedding head (K = 20, unit-normalised per time-frequency bin) is trained with the
+magnitude-weighted deep clustering loss on ideal binary labels (which source dominates each
+bin), next to the main head's objective: L = alpha * L_wDC + (1 - alpha) * L_main (eq. 4.12).
+The attractor variant replaces L_wDC by the main objective computed on attractor masks
+(eq. 4.10/4.11). The embedding head is dropped at inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.dsp import stft
+from lightning_modules.figures import embedding_pca_figure
+from lightning_modules.losses import (
+    attractor_masks,
+    attractors,
+    chimera_loss,
+    deep_clustering_loss,
+    dominant_source_labels,
+    flatten_embeddings,
+    magnitude_weights,
+)
+from lightning_modules.spectrogram import SpectrogramSeparator
+
+CLUSTERINGS = ("deep_clustering", "attractor")
+
+
+class ChimeraSeparator(SpectrogramSeparator):
+    """Args:
+    alpha: weight of the clustering loss (eq. 4.12).
+    clustering: "deep_clustering" (eq. 4.9) or "attractor" (SA on attractor masks, 4.10/4.11).
+    Other arguments as ``SpectrogramSeparator``; ``net`` must have an embedding head.
+    """
+
+    def __init__(
+        self, net: nn.Module, alpha: float = 0.2, clustering: str = "deep_clustering", **kwargs
+    ) -> None:
+        super().__init__(net, **kwargs)
+        if clustering not in CLUSTERINGS:
+            raise ValueError(f"clustering must be one of {CLUSTERINGS}, got {clustering!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        self.alpha = alpha
+        self.clustering = clustering
+
+    def clustering_inputs(
+        self, mixture: torch.Tensor, target: torch.Tensor, embedding: torch.Tensor
+    ):
+        """Flattened embeddings, ideal binary labels (target vs the rest) and the mixture's
+        magnitude weights, all in one time-frequency order."""
+        sources = torch.stack([target.abs(), (mixture - target).abs()], dim=1)
+        return (
+            flatten_embeddings(embedding),
+            dominant_source_labels(sources),
+            magnitude_weights(mixture.abs()),
+        )
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        mixture, target = stft(batch["mixture"]), stft(self._target(batch))
+        heads = self.heads(mixture.abs())
+        main = self.objective_loss(heads["main"], mixture, target)
+        embeddings, labels, weights = self.clustering_inputs(mixture, target, heads["embedding"])
+        if self.clustering == "deep_clustering":
+            clustering = deep_clustering_loss(embeddings, labels, weights)
+        else:
+            masks = attractor_masks(embeddings, attractors(embeddings, labels, weights))
+            target_mask = masks[..., 0].reshape(target.shape)
+            clustering = F.mse_loss(target_mask * mixture.abs(), target.abs())
+        return chimera_loss(clustering, main, self.alpha)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        if batch_idx == 0:  # thesis Fig. 4.10 from the first test track
+            self.plot_embeddings(batch, Path(self.trainer.default_root_dir) / "embeddings_pca.png")
+
+    @torch.no_grad()
+    def plot_embeddings(self, batch: dict, path: Path) -> Path:
+        """First three principal components of the embeddings of the loudest block of a
+        track, coloured by the source that dominates each bin."""
+        mixture = stft(batch["mixture"], center=True)
+        target = stft(self._target({"targets": batch["targets"][None]})[0], center=True)
+        frames = self.context_frames
+        energy = mixture.abs().square().sum(0).unfold(0, frames, frames).sum(-1)
+        start = int(energy.argmax()) * frames
+        block = slice(start, start + frames)
+        mixture, target = mixture[None, :, block], target[None, :, block]
+        embedding = self.heads(mixture.abs())["embedding"]
+        embeddings, labels, weights = self.clustering_inputs(mixture, target, embedding)
+        return embedding_pca_figure(embeddings[0], labels[0, :, 0] > 0, weights[0], path)

@@ -1,0 +1,32 @@
+"""The two-model Wiener filter of thesis Table 4.6: vocals and accompaniment baselines
+combined into a Wiener-like mask (alpha 2) as a post-processing step. Evaluated, not trained."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lightning_modules.dsp import wiener_like_mask
+from lightning_modules.separate import load_separator
+from lightning_modules.spectrogram import SpectrogramSeparator
+
+
+class WienerCombination(SpectrogramSeparator):
+    """Args: ``vocals`` and ``accompaniment``: checkpoints of two trained separators (in a
+    table, ``row:<label>`` references); ``alpha``: the mask exponent."""
+
+    trainable = False
+
+    def __init__(self, vocals: str, accompaniment: str, alpha: float = 2.0, **kwargs) -> None:
+        models = [load_separator(path) for path in (vocals, accompaniment)]
+        if [m.target_index for m in models] != [0, 1]:
+            raise ValueError(
+                f"{vocals} must estimate the vocals and {accompaniment} the accompaniment"
+            )
+        super().__init__(nn.ModuleList(models), **kwargs)
+        self.alpha = alpha
+
+    def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """The vocals' magnitude: Wiener-like mask of both models' estimates times the mixture."""
+        estimates = torch.stack([model.estimate_magnitude(magnitude) for model in self.net], -3)
+        return wiener_like_mask(estimates, self.alpha)[..., 0, :, :] * magnitude

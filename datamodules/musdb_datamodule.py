@@ -19,9 +19,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from datamodules.activity import most_active_window
 from datamodules.cache import SOURCES, SplitAudio, build_split, cache_key, load_split
 from datamodules.sampler import (
     TARGET_SETS,
+    ExcerptSampler,
     RandomMixBatches,
     RandomMixSampler,
     targets_from_sources,
@@ -117,6 +119,10 @@ class MUSDBDataModule(L.LightningDataModule):
         train_on_device: keep the training split on the training device when it fits.
         seed: seeds the split and the random mixes.
         synthetic: arguments of ``write_synthetic_musdb`` for the stand-in data set.
+        overfit: the single-excerpt protocol of thesis Table 4.4, ``{"seconds": 2.0, "shift":
+            0.0, "track": None}``: training, validation and test all use one excerpt of a
+            training track (``track`` by name, default the first) where all sources are most
+            active; see ``ExcerptSampler`` for ``shift``.
         cache_dir: where decoded splits (and the synthetic data) are kept.
     """
 
@@ -139,6 +145,7 @@ class MUSDBDataModule(L.LightningDataModule):
         train_on_device: bool = True,
         seed: int = 0,
         synthetic: dict | None = None,
+        overfit: dict | None = None,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -233,6 +240,10 @@ class MUSDBDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         splits = self._load_splits()
+        if stage in (None, "fit") and self._sampler is None and self.hparams.overfit:
+            excerpt = torch.from_numpy(self.overfit_excerpt().track(0).copy())
+            shift = float(self.hparams.overfit.get("shift", 0.0))
+            self._sampler = ExcerptSampler(excerpt, self.chunk, shift)
         if stage in (None, "fit") and self._sampler is None:
             train = splits["train"]
             device = self._training_device(train)
@@ -244,6 +255,23 @@ class MUSDBDataModule(L.LightningDataModule):
                 tuple(self.hparams.gain_range),
                 names=train.names,
             )
+
+    def overfit_excerpt(self) -> SplitAudio:
+        """The one excerpt of the overfit protocol, as a one-track split."""
+        options = {"seconds": 2.0, "track": None, **(self.hparams.overfit or {})}
+        train = self._load_splits()["train"]
+        name = options["track"] or train.names[0]
+        if name not in train.names:
+            raise ValueError(f"overfit track '{name}' is not a training track: {train.names}")
+        audio = train.track(train.names.index(name))
+        start, length = most_active_window(np.asarray(audio), train.rate, options["seconds"])
+        return SplitAudio(
+            audio=np.ascontiguousarray(audio[:, start : start + length]),
+            names=[f"{name} ({options['seconds']:g} s excerpt at {start / train.rate:.2f} s)"],
+            offsets=np.zeros(1, dtype=np.int64),
+            lengths=np.array([length], dtype=np.int64),
+            rate=train.rate,
+        )
 
     def _training_device(self, train: SplitAudio) -> torch.device:
         """The trainer's device when the training split fits in half its free memory."""
@@ -278,7 +306,7 @@ class MUSDBDataModule(L.LightningDataModule):
     def validation_chunks(self) -> dict[str, torch.Tensor]:
         """Fixed, deterministic validation examples: consecutive chunks of every validation
         track at unit gain (capped at ``valid_chunks_per_track``)."""
-        split = self._load_splits()["valid"]
+        split = self.overfit_excerpt() if self.hparams.overfit else self._load_splits()["valid"]
         chunks = []
         for index in range(len(split.names)):
             track = torch.from_numpy(split.track(index).copy())
@@ -310,9 +338,8 @@ class MUSDBDataModule(L.LightningDataModule):
         )
 
     def test_dataloader(self) -> DataLoader:
-        dataset = FullTracks(
-            self._load_splits()["test"], self.hparams.targets, self.hparams.test_max_seconds
-        )
+        split = self.overfit_excerpt() if self.hparams.overfit else self._load_splits()["test"]
+        dataset = FullTracks(split, self.hparams.targets, self.hparams.test_max_seconds)
         return DataLoader(dataset, batch_size=None)
 
     def predict_dataloader(self) -> DataLoader:

@@ -126,3 +126,38 @@ class RandomMixBatches(IterableDataset):
                 "mixture": sources.sum(dim=1),
                 "targets": targets_from_sources(sources, self.targets),
             }
+
+
+class ExcerptSampler:
+    """The overfit protocol of thesis Table 4.4: every example is a chunk of one short excerpt,
+    all sources from the same position (a real mix) at unit gain, no augmentation.
+
+    ``shift`` is the temporal variation: a chunk starts uniformly within the first
+    ``shift * chunk`` samples of the excerpt (0: always the same frames).
+    """
+
+    def __init__(self, audio: torch.Tensor, chunk: int, shift: float = 0.0) -> None:
+        if audio.shape[1] < chunk:
+            raise ValueError(
+                f"the overfit excerpt has {audio.shape[1]} samples, fewer than one chunk ({chunk})"
+            )
+        if shift < 0:
+            raise ValueError(f"shift must be >= 0, got {shift}")
+        self.audio = audio
+        self.chunk = chunk
+        self.max_start = min(audio.shape[1] - chunk, int(shift * chunk))
+        self._arange = torch.arange(chunk, device=audio.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.audio.device
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return 1  # one batch of the excerpt per epoch: epochs count passes over the example
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        starts = torch.randint(
+            0, self.max_start + 1, (batch_size,), generator=generator, device=self.device
+        )
+        index = starts[:, None] + self._arange  # (batch, chunk)
+        return self.audio[:, index].transpose(0, 1)  # (batch, n_sources, chunk)

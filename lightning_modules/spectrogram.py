@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp import istft, stft, truncated_phase_sensitive_mask, wiener_like_mask
+from lightning_modules.dsp import (
+    N_FFT,
+    istft,
+    stft,
+    truncated_phase_sensitive_mask,
+    wiener_like_mask,
+)
 from lightning_modules.separator import Separator, split_decay_groups
 
 # The network is injected as an nn.Module; LightningCLI stores its config in the checkpoint
@@ -57,6 +63,27 @@ def framewise_snr(
 #: magnitude (the network learns its own mask, trained as SA).
 OBJECTIVES = ("spectrogram", "mask", "learned_mask")
 MASKS = ("wf", "tps")
+#: Magnitude scales of the network's input and output (thesis 4.1.4, Table 4.4).
+SCALES = ("linear", "log")
+LOG_EPS = 1e-6  # log(|X| + eps): silent bins map to about -13.8 instead of -inf
+
+
+def to_scale(magnitude: torch.Tensor, scale: str) -> torch.Tensor:
+    return torch.log(magnitude + LOG_EPS) if scale == "log" else magnitude
+
+
+def input_statistics(mixtures: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frequency mean and standard deviation of the mixtures' linear magnitudes (thesis
+    4.1.5: computed on the training mixtures only and kept fixed)."""
+    total = squares = count = 0
+    for mixture in mixtures:
+        magnitude = stft(mixture).abs().double()
+        total = total + magnitude.sum(dim=-1)
+        squares = squares + magnitude.square().sum(dim=-1)
+        count += magnitude.shape[-1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return mean.float(), std.clamp_min(1e-8).float()
 
 
 class SpectrogramSeparator(Separator):
@@ -69,6 +96,12 @@ class SpectrogramSeparator(Separator):
         objective: see ``OBJECTIVES``; mask objectives want a sigmoid output function.
         mask: the oracle mask of the "mask" objective: Wiener filter ("wf", alpha 2) or
             truncated phase-sensitive ("tps").
+        input_scale, output_scale: "linear" or "log" magnitudes (Table 4.4). A log output is
+            trained against log targets; for mask objectives it is converted to the linear
+            scale before the sigmoid, as the thesis does (use ``output_activation: none``).
+        normalize_input: per-frequency mean/variance normalisation of the input with training
+            mixture statistics, and a learnable per-frequency gain and bias on the output
+            (Table 4.5).
         lr, eps, weight_decay: AdamW of thesis Table 3.1.
         plateau_factor, plateau_patience: ReduceLROnPlateau on the validation loss (the thesis
             gives the factor 0.1, not the patience; 10 is torch's default).
@@ -81,6 +114,9 @@ class SpectrogramSeparator(Separator):
         target: str = "vocals",
         objective: str = "spectrogram",
         mask: str = "wf",
+        input_scale: str = "linear",
+        output_scale: str = "linear",
+        normalize_input: bool = False,
         lr: float = 2e-3,
         eps: float = 1e-6,
         weight_decay: float = 1e-5,
@@ -99,24 +135,62 @@ class SpectrogramSeparator(Separator):
                 f"objective must be one of {OBJECTIVES} and mask one of {MASKS}, "
                 f"got objective={objective!r}, mask={mask!r}"
             )
+        if input_scale not in SCALES or output_scale not in SCALES:
+            raise ValueError(f"scales must be one of {SCALES}: {input_scale!r}, {output_scale!r}")
         self.net = net
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]
+        if normalize_input:
+            bins = N_FFT // 2
+            self.register_buffer("input_mean", torch.zeros(bins))
+            self.register_buffer("input_std", torch.ones(bins))
+            self.output_gain = nn.Parameter(torch.ones(bins))
+            self.output_bias = nn.Parameter(torch.zeros(bins))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.normalize_input:
+            train = self.trainer.datamodule.splits["train"]
+            mixtures = [
+                torch.from_numpy(train.track(i).sum(axis=0)) for i in range(len(train.names))
+            ]
+            mean, std = input_statistics(mixtures)
+            self.input_mean.copy_(mean)
+            self.input_std.copy_(std)
+            with torch.no_grad():  # start from an output that undoes the input scaling
+                self.output_gain.copy_(std)
+                self.output_bias.copy_(mean)
+        super().setup(stage)  # an init_from checkpoint, then a resumed run's own, win
 
     def heads(self, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every output of the network for a (B, F, T) mixture magnitude: "main" (B, F, T),
         and for multi-head networks "second" (B, F, T) and "embedding" (B, K, F, T)."""
-        out = self.net(magnitude.unsqueeze(1))
+        x = to_scale(magnitude, self.hparams.input_scale)
+        if self.hparams.normalize_input:
+            x = (x - self.input_mean[:, None]) / self.input_std[:, None]
+        out = self.net(x.unsqueeze(1))
         out = out if isinstance(out, dict) else {"main": out}
-        return {k: v if k == "embedding" else v.squeeze(1) for k, v in out.items()}
+        out = {k: v if k == "embedding" else v.squeeze(1) for k, v in out.items()}
+        if self.hparams.normalize_input:
+            out["main"] = out["main"] * self.output_gain[:, None] + self.output_bias[:, None]
+        return out
 
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
         """(B, F, T) mixture magnitude -> (B, F, T) raw output of the main head."""
         return self.heads(magnitude)["main"]
 
+    def mask_from_output(self, output: torch.Tensor) -> torch.Tensor:
+        """A log-scaled output is converted to the linear scale before the sigmoid (Table 4.4's
+        caption); a linear one already went through the network's output function."""
+        return torch.sigmoid(torch.exp(output)) if self.hparams.output_scale == "log" else output
+
     def magnitude_from_output(self, output: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        """The target's magnitude implied by an output: |output| for spectrograms (thesis
-        4.1.2: negative bins of an unconstrained output are mirrored), mask x mixture else."""
-        return output.abs() if self.hparams.objective == "spectrogram" else output * mixture
+        """The target's linear magnitude implied by an output: |output| for spectrograms
+        (thesis 4.1.2: negative bins of an unconstrained output are mirrored), exp(output) for
+        log spectrograms, mask x mixture for masks."""
+        if self.hparams.objective != "spectrogram":
+            return self.mask_from_output(output) * mixture
+        if self.hparams.output_scale == "log":
+            return (torch.exp(output) - LOG_EPS).clamp_min(0)
+        return output.abs()
 
     def estimate_magnitude(self, mixture_magnitude: torch.Tensor) -> torch.Tensor:
         return self.magnitude_from_output(self(mixture_magnitude), mixture_magnitude)
@@ -133,8 +207,12 @@ class SpectrogramSeparator(Separator):
     ) -> torch.Tensor:
         """MSE of the objective, from the raw output and complex mixture/target STFTs."""
         if self.hparams.objective == "mask":
-            return F.mse_loss(output, self.oracle_mask(target, mixture))
-        return F.mse_loss(self.magnitude_from_output(output, mixture.abs()), target.abs())
+            return F.mse_loss(self.mask_from_output(output), self.oracle_mask(target, mixture))
+        scale = self.hparams.output_scale
+        if self.hparams.objective == "spectrogram" and scale == "log":
+            return F.mse_loss(output, to_scale(target.abs(), scale))  # the output is log|S|
+        estimate = self.magnitude_from_output(output, mixture.abs())
+        return F.mse_loss(to_scale(estimate, scale), to_scale(target.abs(), scale))
 
     def _target(self, batch: dict) -> torch.Tensor:
         targets = batch["targets"]

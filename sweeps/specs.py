@@ -142,13 +142,31 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _get(config: dict, dotted: str) -> Any:
+    """``config["a"]["b"]`` for ``"a.b"``."""
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def compose(
     spec: TableSpec, row: Row, profile: dict[str, Any], stage: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Base experiment, then the row, then the stage, then the profile (a profile scales data
-    and training; it never changes an architecture)."""
+    and training; it never changes an architecture). A profile's ``scale`` section multiplies
+    numbers instead of replacing them (``trainer.max_epochs: 0.03``: 100 -> 3, 600 -> 18), so
+    rows that differ by such a number stay different at every scale."""
     base = yaml.safe_load((row.base or spec.base).read_text())
-    return deep_merge(deep_merge(deep_merge(base, row.overrides), stage or {}), profile)
+    config = deep_merge(deep_merge(base, row.overrides), stage or {})
+    profile = dict(profile)
+    for key, factor in (profile.pop("scale", None) or {}).items():
+        try:
+            value = _get(config, key)
+        except (KeyError, TypeError):
+            continue  # e.g. no epochs in an evaluation-only experiment: nothing to scale
+        config = deep_merge(config, {key: max(1, round(value * factor))})
+    return deep_merge(config, profile)
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

@@ -23,6 +23,8 @@ SHORT_TRAINING = {
 }
 
 FAMILIES = [
+    ("4.4", "log/log, 600 epochs, shift 0"),
+    ("4.5", "Mean-var. norm.: yes"),
     ("4.6", "Baseline, vocals"),
     ("4.6", "WF-mask"),
     ("4.6", "TPS-mask"),

@@ -89,6 +89,17 @@ def _normalised_weights(weights: Tensor | None, like: Tensor) -> Tensor:
     return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
 
 
+def _check_embeddings_and_labels(embeddings: Tensor, labels: Tensor) -> None:
+    """(B, TF, K) embeddings and (B, TF, N) labels over the same bins."""
+    _check_rank("embeddings", embeddings, 3)
+    _check_rank("labels", labels, 3)
+    if labels.shape[:2] != embeddings.shape[:2]:
+        raise ValueError(
+            f"embeddings {tuple(embeddings.shape)} and labels {tuple(labels.shape)} must share "
+            "(B, TF)"
+        )
+
+
 def deep_clustering_loss(
     embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
 ) -> Tensor:
@@ -117,13 +128,7 @@ def deep_clustering_loss(
         labels: ``Y``, ``(B, TF, N)`` one-hot (any numeric/bool dtype; cast to ``V``'s dtype).
         weights: ``(B, TF)`` non-negative per-bin weights, or ``None`` for uniform.
     """
-    _check_rank("embeddings", embeddings, 3)
-    _check_rank("labels", labels, 3)
-    if labels.shape[:2] != embeddings.shape[:2]:
-        raise ValueError(
-            f"embeddings {tuple(embeddings.shape)} and labels {tuple(labels.shape)} must share "
-            "(B, TF)"
-        )
+    _check_embeddings_and_labels(embeddings, labels)
     v = embeddings
     y = labels.to(v.dtype)
     w = _normalised_weights(weights, v).unsqueeze(-1)  # (B, TF, 1)
@@ -143,13 +148,7 @@ def attractors(embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
     are used as given. A source with no (weighted) bins gets the zero attractor, not NaN, which
     makes its score ``V A`` zero for every bin in :func:`attractor_masks`.
     """
-    _check_rank("embeddings", embeddings, 3)
-    _check_rank("labels", labels, 3)
-    if labels.shape[:2] != embeddings.shape[:2]:
-        raise ValueError(
-            f"embeddings {tuple(embeddings.shape)} and labels {tuple(labels.shape)} must share "
-            "(B, TF)"
-        )
+    _check_embeddings_and_labels(embeddings, labels)
     v = embeddings
     y = labels.to(v.dtype)
     if weights is not None:

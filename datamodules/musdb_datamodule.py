@@ -297,6 +297,7 @@ class MUSDBDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
             epoch=self._current_epoch,
             rank=rank,
+            world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
         # Batches are made whole in this process (one gather each): no loader workers, so
         # Lightning's warning about __len__ with several workers does not apply.
@@ -341,9 +342,6 @@ class MUSDBDataModule(L.LightningDataModule):
         split = self.overfit_excerpt() if self.hparams.overfit else self._load_splits()["test"]
         dataset = FullTracks(split, self.hparams.targets, self.hparams.test_max_seconds)
         return DataLoader(dataset, batch_size=None)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 __all__ = ["MUSDBDataModule", "SOURCES"]

@@ -106,6 +106,7 @@ class RandomMixBatches(IterableDataset):
         seed: int,
         epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
@@ -113,9 +114,11 @@ class RandomMixBatches(IterableDataset):
         self.seed = seed
         self.epoch = epoch
         self.rank = rank
+        self.world_size = world_size
 
     def __len__(self) -> int:
-        return self.sampler.batches_per_epoch(self.batch_size)
+        """Batches per process: under DDP the processes share one epoch of audio."""
+        return max(1, self.sampler.batches_per_epoch(self.batch_size) // self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator(device=self.sampler.device)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp import stft
+from lightning_modules.dsp import HOP, stft
 from lightning_modules.figures import embedding_pca_figure
 from lightning_modules.losses import (
     attractor_masks,
@@ -76,7 +76,9 @@ class ChimeraSeparator(SpectrogramSeparator):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        if batch_idx == 0:  # thesis Fig. 4.10 from the first test track
+        long_enough = batch["mixture"].shape[-1] // HOP + 1 >= self.context_frames
+        if batch_idx == 0 and self.trainer.is_global_zero and long_enough:
+            # thesis Fig. 4.10 from the first test track
             self.plot_embeddings(batch, Path(self.trainer.default_root_dir) / "embeddings_pca.png")
 
     @torch.no_grad()

@@ -24,14 +24,17 @@ class SuiteCLI(LightningCLI):
         parser.link_arguments("data.context_frames", "model.init_args.context_frames")
 
 
-def make_cli(args: Any = None, run: bool = True) -> SuiteCLI:
+class _ParseOnlyCLI(SuiteCLI):
+    """Parses and validates a config without building anything."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def make_cli(args: Any = None, run: bool = True, parse_only: bool = False, **kwargs) -> SuiteCLI:
     """The CLI over any ``Separator`` subclass and the shared MUSDB DataModule. ``args`` may be
     a list of command-line words or a config dict (what the table runner passes)."""
-    return SuiteCLI(
-        Separator,
-        MUSDBDataModule,
-        subclass_mode_model=True,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    return (_ParseOnlyCLI if parse_only else SuiteCLI)(
+        Separator, MUSDBDataModule, subclass_mode_model=True, args=args, run=run, **kwargs
     )

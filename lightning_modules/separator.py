@@ -98,6 +98,11 @@ class Separator(L.LightningModule):
             self.museval_dir,
         )
 
+    def teardown(self, stage: str) -> None:
+        if self._evaluator is not None:  # a test step failed: stop the museval workers
+            self._evaluator.close(cancel=True)
+            self._evaluator = None
+
     def on_test_epoch_end(self) -> None:
         assert self._evaluator is not None
         try:

@@ -72,12 +72,14 @@ def to_scale(magnitude: torch.Tensor, scale: str) -> torch.Tensor:
     return torch.log(magnitude + LOG_EPS) if scale == "log" else magnitude
 
 
-def input_statistics(mixtures: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frequency mean and standard deviation of the mixtures' linear magnitudes (thesis
-    4.1.5: computed on the training mixtures only and kept fixed)."""
+def input_statistics(
+    mixtures: list[torch.Tensor], scale: str = "linear"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frequency mean and standard deviation of the mixtures' magnitudes in the network's
+    input scale (thesis 4.1.5: computed on the training mixtures only and kept fixed)."""
     total = squares = count = 0
     for mixture in mixtures:
-        magnitude = stft(mixture).abs().double()
+        magnitude = to_scale(stft(mixture).abs(), scale).double()
         total = total + magnitude.sum(dim=-1)
         squares = squares + magnitude.square().sum(dim=-1)
         count += magnitude.shape[-1]
@@ -152,21 +154,24 @@ class SpectrogramSeparator(Separator):
             mixtures = [
                 torch.from_numpy(train.track(i).sum(axis=0)) for i in range(len(train.names))
             ]
-            mean, std = input_statistics(mixtures)
+            mean, std = input_statistics(mixtures, self.hparams.input_scale)
             self.input_mean.copy_(mean)
             self.input_std.copy_(std)
-            with torch.no_grad():  # start from an output that undoes the input scaling
+            with torch.no_grad():  # the output function's non-negative output, rescaled
                 self.output_gain.copy_(std)
-                self.output_bias.copy_(mean)
+                self.output_bias.zero_()
         super().setup(stage)  # an init_from checkpoint, then a resumed run's own, win
 
-    def heads(self, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every output of the network for a (B, F, T) mixture magnitude: "main" (B, F, T),
-        and for multi-head networks "second" (B, F, T) and "embedding" (B, K, F, T)."""
+    def heads(
+        self, magnitude: torch.Tensor, net: nn.Module | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Every output of the network (or of ``net``, a part of it) for a (B, F, T) mixture
+        magnitude: "main" (B, F, T), and for multi-head networks "second" (B, F, T) and
+        "embedding" (B, K, F, T)."""
         x = to_scale(magnitude, self.hparams.input_scale)
         if self.hparams.normalize_input:
             x = (x - self.input_mean[:, None]) / self.input_std[:, None]
-        out = self.net(x.unsqueeze(1))
+        out = (net or self.net)(x.unsqueeze(1))
         out = out if isinstance(out, dict) else {"main": out}
         out = {k: v if k == "embedding" else v.squeeze(1) for k, v in out.items()}
         if self.hparams.normalize_input:
@@ -174,8 +179,11 @@ class SpectrogramSeparator(Separator):
         return out
 
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """(B, F, T) mixture magnitude -> (B, F, T) raw output of the main head."""
-        return self.heads(magnitude)["main"]
+        """(B, F, T) mixture magnitude -> (B, F, T) raw output of the main head. Outside
+        training, training-only heads are not computed (``inference_net`` of multi-head nets)."""
+        if self.training or not hasattr(self.net, "inference_net"):
+            return self.heads(magnitude)["main"]
+        return self.heads(magnitude, self.net.inference_net())["main"]
 
     def mask_from_output(self, output: torch.Tensor) -> torch.Tensor:
         """A log-scaled output is converted to the linear scale before the sigmoid (Table 4.4's
@@ -209,8 +217,11 @@ class SpectrogramSeparator(Separator):
         if self.hparams.objective == "mask":
             return F.mse_loss(self.mask_from_output(output), self.oracle_mask(target, mixture))
         scale = self.hparams.output_scale
-        if self.hparams.objective == "spectrogram" and scale == "log":
-            return F.mse_loss(output, to_scale(target.abs(), scale))  # the output is log|S|
+        if self.hparams.objective == "spectrogram":
+            # The raw output is compared (log|S| for a log output): negative bins of an
+            # output without output function are mirrored only for reconstruction (thesis
+            # 4.1.2), so "none" and "abs" are different models (Table 4.2).
+            return F.mse_loss(output, to_scale(target.abs(), scale))
         estimate = self.magnitude_from_output(output, mixture.abs())
         return F.mse_loss(to_scale(estimate, scale), to_scale(target.abs(), scale))
 

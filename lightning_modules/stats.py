@@ -47,7 +47,12 @@ def net_from_config(net_config: dict) -> nn.Module:
 def network_stats(config: dict, frames: int) -> dict[str, int]:
     """Parameters and MACs of the network of an experiment config (``model.init_args.net``),
     at inference: training-only heads (accompaniment, embeddings) are not counted."""
-    net = net_from_config(config["model"]["init_args"]["net"])
+    net_config = config["model"].get("init_args", {}).get("net")
+    if net_config is None:
+        raise ValueError(
+            f"{config['model']['class_path']} has no network to count (no model.init_args.net)"
+        )
+    net = net_from_config(net_config)
     if hasattr(net, "inference_net"):
         net = net.inference_net()
     return {"params": count_parameters(net), "macs": count_macs(net, frames)}
@@ -59,7 +64,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="STFT frames of the input")
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
-    print(json.dumps(network_stats(config, args.frames)))
+    try:
+        print(json.dumps(network_stats(config, args.frames)))
+    except ValueError as error:
+        raise SystemExit(f"error: {args.config}: {error}") from error
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ only when a run executes (``sweeps.runs.execute``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,16 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
+def with_data_root(config: dict[str, Any]) -> dict[str, Any]:
+    """Write ``$MUSDB_ROOT`` into the config so that the data set is part of the run's hash:
+    runs on synthetic data, on MUSDB18 and on two different MUSDB18 copies never share a
+    folder. (Without a root, the synthetic data set's own arguments are in the config.)"""
+    root = os.environ.get("MUSDB_ROOT")
+    if root and not (config.get("data") or {}).get("root"):
+        return deep_merge(config, {"data.root": str(Path(root).expanduser().resolve())})
+    return config
+
+
 def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
     """Every row's stages, resolved and validated before anything runs."""
     overrides = load_profile(profile)
@@ -96,6 +107,7 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
         stages: list[Stage] = []
         for stage in row.stages:
             config = _substitute(compose(spec, row, overrides, stage), mapping)
+            config = with_data_root(config)
             if stages:  # start from the previous stage's trained weights
                 config = deep_merge(
                     config, {"model.init_args.init_from": RUN_REFERENCE + stages[-1].run_dir.name}

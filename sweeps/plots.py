@@ -17,7 +17,8 @@ def epoch_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
     """Per-epoch values of every logged metric, over all CSV log versions of a run (a resumed
     run writes a new version; later versions win)."""
     metrics: dict[str, dict[int, float]] = {}
-    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+    paths = (run_dir / "logs").glob("version_*/metrics.csv")
+    for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("version_"))):
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 if not row.get("epoch"):

@@ -22,35 +22,18 @@ from typing import Any
 import torch
 import yaml
 
-from datamodules import MUSDBDataModule
-from lightning_modules.cli import SuiteCLI
-from lightning_modules.separator import Separator
+from lightning_modules.cli import SuiteCLI, make_cli
 from sweeps.specs import REPO, SpecError, config_hash
 
 RESULT = "result.json"
 
 
-class _ParseOnlyCLI(SuiteCLI):
-    """Parses and validates a config without building anything."""
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
 def _cli(config: dict[str, Any], parse_only: bool) -> SuiteCLI:
-    cls = _ParseOnlyCLI if parse_only else SuiteCLI
     try:
         with warnings.catch_warnings():
             # The config comes as a dict while sys.argv holds the runner's own arguments.
             warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-            return cls(
-                Separator,
-                MUSDBDataModule,
-                subclass_mode_model=True,
-                args=config,
-                run=False,
-                save_config_callback=None,
-            )
+            return make_cli(config, run=False, parse_only=parse_only, save_config_callback=None)
     except SystemExit as error:  # jsonargparse reports bad configs by exiting
         raise SpecError(f"invalid configuration (see the message above): {error}") from error
 
@@ -138,10 +121,19 @@ def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = 
     Returns the result; a finished run is returned as it is, without any work."""
     if is_finished(run_dir):
         return load_result(run_dir)
+    devices = resolved["trainer"].get("devices")
+    if devices not in (1, "1", [0]) and resolved["trainer"].get("accelerator") != "cpu":
+        raise SpecError(
+            f"run {run_dir}: trainer.devices={devices!r}; the table runner trains every run on one "
+            "device (rows run side by side instead). For DDP on one experiment use "
+            "`python -m lightning_modules fit --config ...`"
+        )
     with run_lock(run_dir):
+        if is_finished(run_dir):  # another process finished it while we waited
+            return load_result(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        config = materialise_references(resolved, run_dir.parent)
-        config["trainer"] = {**resolved["trainer"], "default_root_dir": str(run_dir)}
+        config = materialise_references(resolved, run_dir.parent)  # a deep copy
+        config["trainer"]["default_root_dir"] = str(run_dir)
         for callback in config["trainer"].get("callbacks") or []:
             if callback["class_path"].endswith("ModelCheckpoint"):
                 callback["init_args"] = {

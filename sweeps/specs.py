@@ -170,6 +170,7 @@ def compose(
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
-    """Name of a run folder: hash of the fully resolved config (paths excluded)."""
+    """Name of a run folder: hash of the fully resolved config. The run's own paths (its
+    folder, checkpoints, logs) are only added when it executes, so they are not part of it."""
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

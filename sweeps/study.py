@@ -1,8 +1,8 @@
-"""A table as an Optuna study: every row missing a finished run becomes an enqueued trial.
+"""A table as an Optuna study: every row missing a finished run becomes a trial.
 
-The study is the execution record (who ran what, when, with what outcome); the run folders
-are the results. Rows whose run already finished are not enqueued again, so re-running a
-table continues where it stopped. Storage is embedded by default (a journal file, safe for
+The study is the execution record (which row ran, in which folder, with what outcome and
+SDR); the run folders are the results and decide what is missing, so re-running a table
+continues where it stopped. Storage is embedded by default (a journal file, safe for
 several local processes); any Optuna storage URL works.
 """
 
@@ -48,29 +48,33 @@ def run_table(
             source = plan.row.source["table"]
             print(f"row '{plan.row.label}' comes from table {source}: run `make table-{source}`")
     own = [plan for plan in plans if plan.runnable and not plan.row.source]
-    missing = [plan.row.label for plan in own if not is_finished(plan.run_dir)]
-    for label in missing:
-        study.enqueue_trial({"row": label}, user_attrs={"table": spec.id, "profile": profile})
-    done = len(own) - len(missing)
-    print(f"table {spec.id} ({profile}): {done}/{len(own)} rows finished, running {len(missing)}")
-
+    missing = [plan for plan in own if not is_finished(plan.run_dir)]
+    print(
+        f"table {spec.id} ({profile}): {len(own) - len(missing)}/{len(own)} rows finished, "
+        f"running {len(missing)}"
+    )
     failures: list[str] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        label = trial.suggest_categorical("row", [row.label for row in spec.rows])
-        plan = by_label[label]
+    for plan in missing:
+        # ask/tell keeps the study a record of what ran (label, run folder, outcome, SDR);
+        # the rows to run come from the run folders, so a killed earlier call leaves nothing
+        # behind that could be picked instead of a missing row.
+        trial = study.ask()
+        trial.set_user_attr("row", plan.row.label)
         trial.set_user_attr("run_dir", str(plan.run_dir))
+        trial.set_user_attr("profile", profile)
         try:
             result = run_row(plan, by_label, profile)
         except Exception as error:
-            failures.append(f"row '{label}' ({plan.run_dir}): {type(error).__name__}: {error}")
-            raise
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            failures.append(
+                f"row '{plan.row.label}' ({plan.run_dir}): {type(error).__name__}: {error}"
+            )
+            continue
         sdr = result["scores"].get("SDR", {}).get("median", math.nan)
-        return sdr if math.isfinite(sdr) else float("nan")
-
-    if missing:
-        # A failing row is recorded and the others still run; the table then says which failed.
-        study.optimize(objective, n_trials=len(missing), catch=(Exception,))
+        if math.isfinite(sdr):
+            study.tell(trial, sdr)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
     if failures:
         raise RowsFailed(failures)
     return study

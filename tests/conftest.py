@@ -34,3 +34,13 @@ def synthetic_dm_kwargs(synthetic_root: Path, tmp_path_factory: pytest.TempPathF
     }
     MUSDBDataModule(**kwargs).prepare_data()
     return dict(kwargs)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Decoded data of end-to-end runs go to one session-wide cache outside the repository,
+    and no real MUSDB18 root leaks in from the environment."""
+    import datamodules.musdb_datamodule as dm
+
+    monkeypatch.setattr(dm, "DEFAULT_CACHE_DIR", tmp_path_factory.getbasetemp() / "suite-cache")
+    monkeypatch.delenv("MUSDB_ROOT", raising=False)

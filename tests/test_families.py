@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-import datamodules.musdb_datamodule as dm
 from sweeps.plan import plan_table
 from sweeps.plots import epoch_metrics
 from sweeps.runs import execute, resolve
@@ -38,9 +37,8 @@ FAMILIES = [
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setattr(dm, "DEFAULT_CACHE_DIR", tmp_path_factory.getbasetemp() / "suite-cache")
-    monkeypatch.delenv("MUSDB_ROOT", raising=False)
+def _isolated(isolated_cache):
+    pass
 
 
 @pytest.mark.slow

@@ -194,3 +194,11 @@ def test_epoch_is_read_at_every_pass() -> None:
     assert not _same(first, second)
     fresh = RandomMixBatches(_sampler(torch.float32), 4, "all", seed=0, epoch=lambda: 1)
     assert _same(second, list(fresh))
+
+
+def test_processes_share_one_epoch_under_ddp() -> None:
+    audio = torch.zeros(4, 10_000)
+    sampler = RandomMixSampler(audio, torch.tensor([0]), torch.tensor([10_000]), chunk=100)
+    single = RandomMixBatches(sampler, batch_size=4, targets="vocals", seed=0)
+    shared = RandomMixBatches(sampler, batch_size=4, targets="vocals", seed=0, world_size=4)
+    assert len(single) == sampler.batches_per_epoch(4) and len(shared) == len(single) // 4

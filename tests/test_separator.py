@@ -211,3 +211,35 @@ def test_chimera_validates_its_weight() -> None:
         ChimeraSeparator(net, alpha=1.5)
     with pytest.raises(ValueError, match="clustering"):
         ChimeraSeparator(net, clustering="kmeans")
+
+
+def test_no_output_function_and_absolute_value_are_different_models() -> None:
+    """Table 4.2: without an output function the raw output is trained (negative bins are
+    mirrored only to reconstruct audio), so "none" and "abs" must not train the same thing."""
+
+    class Signed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, -1.0)
+
+    model = SpectrogramSeparator(Signed(), context_frames=8)
+    mixture = torch.ones(1, 4, 8, dtype=torch.complex64)
+    target = torch.ones(1, 4, 8, dtype=torch.complex64)
+    assert model.objective_loss(model(mixture.abs()), mixture, target).item() == pytest.approx(4.0)
+    torch.testing.assert_close(model.estimate_magnitude(mixture.abs()), torch.ones(1, 4, 8))
+
+
+def test_training_only_heads_are_not_computed_at_inference() -> None:
+    from lightning_modules.chimera import ChimeraSeparator
+    from lightning_modules.nets import MultiHeadMMDenseNet
+
+    model = ChimeraSeparator(MultiHeadMMDenseNet(embedding_split="pre_block"), context_frames=8)
+    calls = []
+    model.net.embedding.register_forward_hook(lambda *args: calls.append(1))
+    magnitude = torch.rand(1, 1024, 8)
+    model.train()
+    model(magnitude)
+    assert calls == [1]
+    model.eval()
+    with torch.no_grad():
+        model(magnitude)
+    assert calls == [1]  # the embedding head did not run

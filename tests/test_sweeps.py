@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 import torch
 
-import datamodules.musdb_datamodule as dm
 from lightning_modules.separate import main as separate_main
 from sweeps.__main__ import main as sweeps_main
 from sweeps.plan import plan_table
@@ -31,11 +30,8 @@ TABLES_OF_THIS_ISSUE = {
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every run decodes into one session-wide cache outside the repository."""
-    cache = tmp_path_factory.getbasetemp() / "suite-cache"
-    monkeypatch.setattr(dm, "DEFAULT_CACHE_DIR", cache)
-    monkeypatch.delenv("MUSDB_ROOT", raising=False)
+def _isolated(isolated_cache):
+    pass
 
 
 # -- specs --------------------------------------------------------------------------------------
@@ -283,3 +279,41 @@ def test_second_stage_starts_from_the_first_stages_weights(tmp_path) -> None:
     unfinished = deep_merge(second.resolved, {"model.init_args.init_from": "run:000000000000"})
     with pytest.raises(RuntimeError, match="has not finished"):
         materialise_references(unfinished, tmp_path)
+
+
+def test_the_data_set_is_part_of_a_runs_identity(tmp_path, monkeypatch) -> None:
+    spec = load_table("4.3")
+    synthetic = plan_table(spec, "smoke", tmp_path)[0].run_dir
+    monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb-a"))
+    real_a = plan_table(spec, "smoke", tmp_path)[0]
+    monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb-b"))
+    real_b = plan_table(spec, "smoke", tmp_path)[0].run_dir
+    assert len({synthetic, real_a.run_dir, real_b}) == 3
+    assert real_a.resolved["data"]["root"] == str(tmp_path / "musdb-a")
+
+
+def test_a_run_finished_while_waiting_for_the_lock_is_not_run_again(tmp_path, monkeypatch):
+    import contextlib
+
+    import sweeps.runs as runs
+
+    run_dir = tmp_path / "run"
+    finished = {"label": "by another process", "scores": {}}
+
+    @contextlib.contextmanager
+    def lock_taken_after_the_other_process_finished(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "result.json").write_text(json.dumps(finished))
+        yield
+
+    resolved = _ci_run("4.3", "MMDenseNet baseline")
+    monkeypatch.setattr(runs, "run_lock", lock_taken_after_the_other_process_finished)
+    monkeypatch.setattr(runs, "_cli", lambda *a, **k: pytest.fail("the run was started again"))
+    assert execute(resolved, run_dir, profile="ci") == finished
+
+
+def test_runs_on_several_devices_are_refused(tmp_path) -> None:
+    resolved = _ci_run("4.3", "MMDenseNet baseline")
+    resolved["trainer"].update(accelerator="gpu", devices=2)
+    with pytest.raises(SpecError, match="one device"):
+        execute(resolved, tmp_path / "run", profile="ci")

@@ -41,8 +41,8 @@ import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
 
-SOURCES: tuple[str, ...] = ("vocals", "drums", "bass", "other")
-"""Source stems written next to ``mixture.wav`` in every track folder."""
+from datamodules.cache import SOURCES  # the stems written next to mixture.wav
+
 SPLITS: tuple[str, ...] = ("train", "test")
 MANIFEST_NAME = "synthetic.json"
 """Manifest at the data set root holding the generation arguments."""

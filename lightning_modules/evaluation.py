@@ -444,13 +444,13 @@ def _check_file_stem(track_name: str) -> None:
         raise ValueError(f"track name {track_name!r} cannot be used as a file name")
 
 
-def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write then os.replace, so a reader (or a crash) never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=True)
+            json.dump(payload, handle, indent=2, allow_nan=True, default=float)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -502,7 +502,7 @@ def _evaluate_and_write(
     """Worker entry point (top level so spawn/forkserver children can unpickle it)."""
     result = evaluate_track(track_name, references, estimates, rate, **options)
     if out_dir is not None:
-        _write_json_atomic(Path(out_dir) / f"{track_name}.json", result)
+        write_json_atomic(Path(out_dir) / f"{track_name}.json", result)
     return result
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
-import os
 import platform
 import subprocess
 import warnings
@@ -23,6 +22,7 @@ import torch
 import yaml
 
 from lightning_modules.cli import SuiteCLI, make_cli
+from lightning_modules.evaluation import write_json_atomic
 from sweeps.specs import REPO, SpecError, config_hash
 
 RESULT = "result.json"
@@ -95,12 +95,6 @@ def describe_device(trainer) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def materialise_references(value: Any, runs_root: Path) -> Any:
     """``run:<hash>`` -> the best checkpoint of that finished run."""
     if isinstance(value, str) and value.startswith("run:"):
@@ -168,5 +162,5 @@ def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = 
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },
         }
-        _atomic_json(run_dir / RESULT, result)
+        write_json_atomic(run_dir / RESULT, result)
         return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from datamodules.sampler import targets_from_sources
 from lightning_modules.dsp import (
     apply_mask,
     istft,
@@ -57,8 +58,7 @@ class OracleMaskSeparator(Separator):
     ) -> torch.Tensor:
         if targets is None:
             raise ValueError("an oracle mask needs the true sources of the track")
-        vocals = stft(targets[0], center=True)
-        accompaniment = stft(targets[1:].sum(dim=0), center=True)
+        vocals, accompaniment = stft(targets_from_sources(targets, "vocals"), center=True)
         mask = self.vocals_mask(vocals, accompaniment)
         return istft(apply_mask(mask, stft(mixture, center=True)), length=mixture.shape[-1])
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.sampler import targets_from_sources
 from lightning_modules.evaluation import ParallelEvaluator, aggregate
 
 
@@ -87,7 +88,7 @@ class Separator(L.LightningModule):
         name, mixture, targets = batch["name"], batch["mixture"], batch["targets"]
         if not torch.isfinite(vocals).all():
             raise FloatingPointError(f"test track '{name}': the vocals estimate has NaN or inf")
-        references = torch.stack([targets[0], targets[1:].sum(dim=0)])
+        references = targets_from_sources(targets, "vocals")  # (vocals, accompaniment)
         estimates = torch.stack([vocals, mixture - vocals])
         assert self._evaluator is not None
         self._evaluator.submit(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.sampler import targets_from_sources
 from lightning_modules.dsp import (
     N_FFT,
     istft,
@@ -226,10 +227,8 @@ class SpectrogramSeparator(Separator):
         return F.mse_loss(to_scale(estimate, scale), to_scale(target.abs(), scale))
 
     def _target(self, batch: dict) -> torch.Tensor:
-        targets = batch["targets"]
-        if self.target_index == 1:  # accompaniment = everything but the vocals
-            return targets[:, 1:].sum(dim=1)
-        return targets[:, 0]
+        # (vocals, accompaniment = everything but the vocals), whatever target set the batch has
+        return targets_from_sources(batch["targets"], "vocals")[:, self.target_index]
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         mixture, target = stft(batch["mixture"]), stft(self._target(batch))

@@ -1,4 +1,12 @@
-"""``python -m sweeps table 4.3 [--profile smoke]``: run a table's missing rows and render it."""
+"""``python -m sweeps table|sweep|hpo|render|list``: run tables and searches as Optuna studies.
+
+- ``table 4.3``: the rows as trials of the table's study, run in this process, then rendered.
+- ``sweep 4.3 --executor local|slurm --workers n --storage URL``: the same study, run by n
+  workers (local processes or a SLURM job array), then rendered.
+- ``hpo random-search --executor local|slurm --workers n``: a hyper-parameter search over a
+  space in ``sweeps/spaces/``, with pruning of hopeless trials.
+- ``worker`` / ``hpo-worker``: one worker (started by ``sweep`` / ``hpo``; not typed by users).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +14,54 @@ import argparse
 import sys
 from pathlib import Path
 
+from sweeps.executors import (
+    EXECUTORS,
+    SlurmSettings,
+    WorkerArgs,
+    run_sweep,
+    run_worker,
+)
+from sweeps.hpo import available_spaces
 from sweeps.plan import plan_table
 from sweeps.render import render
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
-from sweeps.study import RowsFailed, run_table
+from sweeps.storage import Heartbeat
+from sweeps.study import RowsFailed, failures
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__)
+def heartbeat_arg(text: str) -> Heartbeat:
+    """``interval,grace,max_retry`` in seconds, seconds and retries."""
+    try:
+        interval, grace, retries = (int(part) for part in text.split(","))
+        return Heartbeat(interval, grace, retries)
+    except ValueError as error:
+        message = f"--heartbeat wants INTERVAL,GRACE,RETRIES, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("table", "run the missing rows, then render"), ("render", "render only")):
+    helps = {
+        "table": "run the missing rows in this process, then render",
+        "sweep": "run the missing rows with n workers (local or SLURM), then render",
+        "render": "render only",
+        "worker": "one sweep worker (started by `sweep`)",
+        "hpo": "a hyper-parameter search with n workers (local or SLURM)",
+        "hpo-worker": "one search worker (started by `hpo`)",
+    }
+    for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("table_id", help=f"one of: {', '.join(available_tables())}")
+        if name.startswith("hpo"):
+            sub.add_argument(
+                "table_id", metavar="space", help=f"one of: {', '.join(available_spaces())}"
+            )
+        else:
+            sub.add_argument("table_id", help=f"one of: {', '.join(available_tables())}")
         sub.add_argument(
             "--profile", default=None, help="smoke or thesis (default: thesis if MUSDB_ROOT is set)"
         )
@@ -25,26 +69,72 @@ def main(argv: list[str] | None = None) -> int:
             "--runs-dir", type=Path, default=REPO / "runs", help="where run folders live"
         )
         sub.add_argument("--results-dir", type=Path, default=REPO / "results")
-        if name == "table":
+        if name == "render":
+            continue
+        sub.add_argument(
+            "--storage",
+            default=None,
+            help="Optuna storage: journal:<file> (default: <runs>/optuna.journal), "
+            "sqlite:///<file> (one worker), postgresql://user:pw@host/db (many nodes)",
+        )
+        sub.add_argument(
+            "--heartbeat",
+            type=heartbeat_arg,
+            default=Heartbeat(),
+            help="INTERVAL,GRACE,RETRIES: heartbeat seconds, seconds of silence before a "
+            "trial's worker counts as dead, retries of such a trial (default 60,180,3)",
+        )
+        if name in ("sweep", "hpo"):
+            sub.add_argument("--executor", choices=EXECUTORS[1:], default="local")
+            sub.add_argument("--workers", type=int, default=1)
             sub.add_argument(
-                "--storage",
+                "--slurm-config",
+                type=Path,
                 default=None,
-                help="Optuna storage URL (default: journal file in the runs folder)",
+                help="YAML of submitit parameters (default experiments/cluster/slurm.yaml)",
             )
+            sub.add_argument(
+                "--slurm",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="override one submitit parameter, e.g. slurm_partition=gpu",
+            )
+            sub.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
     commands.add_parser("list", help="list the tables")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "list":
         print("\n".join(available_tables()))
         return 0
     profile = args.profile or default_profile()
     try:
+        if args.command == "worker":
+            storage = args.storage or f"journal:{args.runs_dir / 'optuna.journal'}"
+            worker = WorkerArgs(args.table_id, profile, str(args.runs_dir), storage, args.heartbeat)
+            print(f"worker ran {run_worker(worker)} trial(s); the queue is empty")
+            return 0
         spec = load_table(args.table_id)
         failed = None
-        if args.command == "table":
-            try:
-                run_table(spec, profile, args.runs_dir, args.storage)
-            except RowsFailed as error:
-                failed = error
+        if args.command in ("table", "sweep"):
+            sweep = run_sweep(
+                spec.id,
+                profile,
+                args.runs_dir,
+                args.storage,
+                executor="inprocess" if args.command == "table" else args.executor,
+                workers=1 if args.command == "table" else args.workers,
+                heartbeat=args.heartbeat,
+                slurm=SlurmSettings.load(args.slurm_config, args.slurm)
+                if args.command == "sweep" and args.executor == "slurm"
+                else None,
+                poll=getattr(args, "poll", 5.0),
+            )
+            if missing := failures(sweep):
+                failed = RowsFailed(missing)
         paths = render(spec, plan_table(spec, profile, args.runs_dir), args.results_dir)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)

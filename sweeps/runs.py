@@ -10,16 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import os
 import platform
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch import Callback
 
 from lightning_modules.cli import SuiteCLI, make_cli
 from lightning_modules.evaluation import write_json_atomic
@@ -58,11 +60,13 @@ def load_result(run_dir: Path) -> dict[str, Any] | None:
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
+    """Exclusive use of a run folder; ``wait`` blocks until the holder is done instead of
+    failing. The kernel drops the lock when its holder dies, even by SIGKILL."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError as error:
             raise RuntimeError(f"run {run_dir} is being worked on by another process") from error
         yield
@@ -110,9 +114,42 @@ def materialise_references(value: Any, runs_root: Path) -> Any:
     return value
 
 
-def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = "") -> dict:
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a Lightning checkpoint was saved in (None if there is no checkpoint)."""
+    if not path.exists():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
+def without_slurm_requeue(config: dict[str, Any]) -> dict[str, Any]:
+    """Inside a SLURM job, Lightning would requeue the job itself on SIGUSR1; submitit does
+    that for the sweeps, so Lightning's auto-requeue is switched off (one mechanism only)."""
+    if "SLURM_JOB_ID" in os.environ:
+        config["trainer"]["plugins"] = [
+            {
+                "class_path": "lightning.pytorch.plugins.environments.SLURMEnvironment",
+                "init_args": {"auto_requeue": False},
+            }
+        ]
+    return config
+
+
+def execute(
+    resolved: dict[str, Any],
+    run_dir: Path,
+    profile: str,
+    label: str = "",
+    wait: bool = False,
+    test: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> dict:
     """Train (if the model is trainable) and test one resolved config in ``run_dir``.
-    Returns the result; a finished run is returned as it is, without any work."""
+
+    Returns the result; a finished run is returned as it is, without any work. ``wait``: wait
+    for another process working on the same run instead of failing. ``test=False``: training
+    only (hyper-parameter searches select on validation, never on the test set).
+    ``callbacks``: extra Lightning callbacks that are not part of the config (Optuna pruning).
+    """
     if is_finished(run_dir):
         return load_result(run_dir)
     devices = resolved["trainer"].get("devices")
@@ -122,7 +159,7 @@ def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = 
             "device (rows run side by side instead). For DDP on one experiment use "
             "`python -m lightning_modules fit --config ...`"
         )
-    with run_lock(run_dir):
+    with run_lock(run_dir, wait):
         if is_finished(run_dir):  # another process finished it while we waited
             return load_result(run_dir)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -137,16 +174,23 @@ def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = 
         for logger in config["trainer"].get("logger") or []:
             if "save_dir" in logger.get("init_args", {}):
                 logger["init_args"] = {**logger["init_args"], "save_dir": str(run_dir)}
+        config = without_slurm_requeue(config)
         cli = _cli(config, parse_only=False)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        ckpt = None
+        trainer.callbacks.extend(callbacks)
+        ckpt, resumed_from_epoch = None, None
         if model.trainable:
             last = run_dir / "checkpoints" / "last.ckpt"
+            resumed_from_epoch = checkpoint_epoch(last)
+            if resumed_from_epoch is not None:
+                print(f"run {run_dir.name}: resuming from {last} (epoch {resumed_from_epoch})")
             trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.exists() else None)
             ckpt = trainer.checkpoint_callback.best_model_path or str(last)
-        metrics = trainer.test(model, datamodule=data, ckpt_path=ckpt)
-        # The model that was tested; after ckpt_path loading, trainer.lightning_module holds it.
-        scores = trainer.lightning_module.test_scores
+        metrics, scores = [], {}
+        if test:
+            metrics = trainer.test(model, datamodule=data, ckpt_path=ckpt)
+            # The model tested; after ckpt_path loading, trainer.lightning_module holds it.
+            scores = trainer.lightning_module.test_scores
         result = {
             "label": label,
             "hash": run_dir.name,
@@ -154,6 +198,7 @@ def execute(resolved: dict[str, Any], run_dir: Path, profile: str, label: str = 
             "scores": scores,
             "checkpoint": ckpt,
             "epochs": trainer.current_epoch,
+            "resumed_from_epoch": resumed_from_epoch,
             "provenance": {
                 "commit": git_commit(),
                 "data": data.data_source,

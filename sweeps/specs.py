@@ -111,10 +111,17 @@ def default_profile() -> str:
     return "thesis" if os.environ.get("MUSDB_ROOT") else "smoke"
 
 
+def profile_dirs() -> list[Path]:
+    """``$SWEEPS_PROFILES`` (folders of one's own profiles, searched first), then the suite's."""
+    extra = [Path(p) for p in os.environ.get("SWEEPS_PROFILES", "").split(os.pathsep) if p]
+    return [*extra, PROFILES]
+
+
 def load_profile(name: str) -> dict[str, Any]:
-    path = PROFILES / f"{name}.yaml"
+    candidates = [folder / f"{name}.yaml" for folder in profile_dirs()]
+    path = next((p for p in candidates if p.exists()), candidates[-1])
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        known = sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.yaml")})
         raise SpecError(f"unknown profile '{name}'; available: {', '.join(known)}")
     profile = yaml.safe_load(path.read_text()) or {}
     if profile.pop("requires_musdb_root", False) and not os.environ.get("MUSDB_ROOT"):
@@ -158,7 +165,11 @@ def compose(
     numbers instead of replacing them (``trainer.max_epochs: 0.03``: 100 -> 3, 600 -> 18), so
     rows that differ by such a number stay different at every scale."""
     base = yaml.safe_load((row.base or spec.base).read_text())
-    config = deep_merge(deep_merge(base, row.overrides), stage or {})
+    return apply_profile(deep_merge(deep_merge(base, row.overrides), stage or {}), profile)
+
+
+def apply_profile(config: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile's ``scale`` section multiplies, the rest replaces."""
     profile = dict(profile)
     for key, factor in (profile.pop("scale", None) or {}).items():
         try:

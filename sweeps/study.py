@@ -1,95 +1,274 @@
-"""A table as an Optuna study: every row missing a finished run becomes a trial.
+"""A table as an Optuna study: every row missing a finished run is a queued trial.
 
-The study is the execution record (which row ran, in which folder, with what outcome and
-SDR); the run folders are the results and decide what is missing, so re-running a table
-continues where it stopped. Storage is embedded by default (a journal file, safe for
-several local processes); any Optuna storage URL works.
+One process prepares the sweep (validates every row, opens the storage, creates the study and
+enqueues the missing rows); workers (this process, local processes or SLURM jobs, see
+``sweeps.executors``) pop queued trials one at a time and run them; the preparing process
+supervises until the queue is drained. The run folders decide what is missing, so re-running
+a table or a sweep after a crash continues where it stopped, and a row is never run twice:
+its run folder is locked while it trains and ``result.json`` marks it finished.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import TrialState
+from tqdm import tqdm
 
 from sweeps.plan import RowPlan, plan_table
 from sweeps.runs import execute, is_finished
 from sweeps.specs import TableSpec
+from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, describe, open_storage, retried_from
 
 
-def make_storage(storage: str | None, runs_root: Path) -> optuna.storages.BaseStorage | str:
-    """``None``: a journal file in the runs folder; otherwise an Optuna storage URL."""
-    if storage is None or storage.startswith("journal:"):
-        path = Path(storage.removeprefix("journal:")) if storage else runs_root / "optuna.journal"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
-        return optuna.storages.JournalStorage(backend)
-    return storage
+def study_name(spec: TableSpec, profile: str) -> str:
+    return f"table-{spec.id}-{profile}"
 
 
-def run_table(
+@dataclass
+class Sweep:
+    """A table's rows and the study that records their trials."""
+
+    spec: TableSpec
+    profile: str
+    runs_root: Path
+    plans: list[RowPlan]
+    study: optuna.Study
+    storage_url: str
+
+    @property
+    def by_label(self) -> dict[str, RowPlan]:
+        return {plan.row.label: plan for plan in self.plans}
+
+    @property
+    def own_rows(self) -> list[RowPlan]:
+        """Rows this table runs itself (not summary rows taken from other tables)."""
+        return [plan for plan in self.plans if plan.runnable and not plan.row.source]
+
+    def missing(self) -> list[RowPlan]:
+        return [plan for plan in self.own_rows if not is_finished(plan.run_dir)]
+
+
+def open_sweep(
     spec: TableSpec,
     profile: str,
     runs_root: Path,
     storage: str | None = None,
-) -> optuna.Study:
-    """Run every row of ``spec`` that has no finished run, as trials of one study."""
-    plans = plan_table(spec, profile, runs_root)
-    by_label = {plan.row.label: plan for plan in plans}
+    workers: int = 1,
+    heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
+) -> Sweep:
+    """Validate every row and open the study; fails (``SpecError``) before anything runs."""
+    plans = plan_table(spec, profile, runs_root)  # resolves every row's config
     study = optuna.create_study(
-        study_name=f"table-{spec.id}-{profile}",
-        storage=make_storage(storage, runs_root),
+        study_name=study_name(spec, profile),
+        storage=open_storage(storage, runs_root, workers, heartbeat),
         direction="maximize",
         load_if_exists=True,
     )
-    for plan in plans:
-        if plan.row.source and not is_finished(plan.run_dir):
-            source = plan.row.source["table"]
-            print(f"row '{plan.row.label}' comes from table {source}: run `make table-{source}`")
-    own = [plan for plan in plans if plan.runnable and not plan.row.source]
-    missing = [plan for plan in own if not is_finished(plan.run_dir)]
-    print(
-        f"table {spec.id} ({profile}): {len(own) - len(missing)}/{len(own)} rows finished, "
-        f"running {len(missing)}"
-    )
-    failures: list[str] = []
-    for plan in missing:
-        # ask/tell keeps the study a record of what ran (label, run folder, outcome, SDR);
-        # the rows to run come from the run folders, so a killed earlier call leaves nothing
-        # behind that could be picked instead of a missing row.
-        trial = study.ask()
-        trial.set_user_attr("row", plan.row.label)
-        trial.set_user_attr("run_dir", str(plan.run_dir))
-        trial.set_user_attr("profile", profile)
-        try:
-            result = run_row(plan, by_label, profile)
-        except Exception as error:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            failures.append(
-                f"row '{plan.row.label}' ({plan.run_dir}): {type(error).__name__}: {error}"
-            )
+    return Sweep(spec, profile, runs_root, plans, study, describe(storage, runs_root))
+
+
+def enqueue_missing(sweep: Sweep) -> list[str]:
+    """Queue every missing row that has no trial waiting or running; returns their labels.
+
+    Trials of dead workers are failed first, which re-queues them through the retry callback
+    (so they are not queued twice).
+    """
+    fail_stale_trials(sweep.study)
+    pending = {
+        trial.user_attrs.get("row")
+        for trial in sweep.study.get_trials(
+            deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)
+        )
+    }
+    queued = []
+    for plan in sweep.missing():
+        if plan.row.label in pending:
             continue
-        sdr = result["scores"].get("SDR", {}).get("median", math.nan)
-        if math.isfinite(sdr):
-            study.tell(trial, sdr)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    if failures:
-        raise RowsFailed(failures)
-    return study
+        sweep.study.enqueue_trial(
+            params={},
+            user_attrs={
+                "row": plan.row.label,
+                "run_dir": str(plan.run_dir),
+                "profile": sweep.profile,
+            },
+        )
+        queued.append(plan.row.label)
+    return queued
 
 
-def run_row(plan: RowPlan, by_label: dict[str, RowPlan], profile: str) -> dict:
-    """The rows this row uses first, then its stages in order; finished runs are skipped."""
+def work(sweep: Sweep, max_trials: int | None = None) -> int:
+    """A worker: pop queued trials and run them until the queue is empty; returns how many ran.
+
+    Between trials it fails the trials of dead workers, which queues their retries.
+    """
+    done = 0
+    while max_trials is None or done < max_trials:
+        fail_stale_trials(sweep.study)
+        # Popping (not ``study.ask``) never creates a trial when the queue is empty, so a
+        # worker that loses the race for the last row leaves no empty trial behind.
+        trial_id = sweep.study._pop_waiting_trial_id()
+        if trial_id is None:
+            break
+        run_trial(sweep, optuna.Trial(sweep.study, trial_id))
+        done += 1
+    return done
+
+
+def run_trial(sweep: Sweep, trial: optuna.Trial) -> None:
+    """Run the row of one popped trial under a heartbeat, then tell the study."""
+    study = sweep.study
+    label = trial.user_attrs.get("row")
+    trial.set_user_attr("worker", worker_name())
+    frozen = study._storage.get_trial(trial._trial_id)
+    if (retry_of := retried_from(frozen)) is not None:
+        print(f"trial {trial.number} retries trial {retry_of} (its worker died)")
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            plan = sweep.by_label.get(label)
+            if plan is None:
+                raise KeyError(f"row {label!r} is not in table {sweep.spec.id} any more")
+            result = run_row(plan, sweep.by_label, sweep.profile, wait=True)
+        except Exception as error:  # recorded on the trial; the row stays missing
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"row '{label}' failed: {type(error).__name__}: {error}")
+            return
+    if result.get("resumed_from_epoch") is not None:
+        trial.set_user_attr("resumed_from_epoch", result["resumed_from_epoch"])
+    sdr = result["scores"].get("SDR", {}).get("median", math.nan)
+    if math.isfinite(sdr):
+        study.tell(trial, sdr)
+    else:
+        trial.set_user_attr("error", "no finite median SDR")
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def run_row(plan: RowPlan, by_label: dict[str, RowPlan], profile: str, wait: bool = False) -> dict:
+    """The rows this row uses first, then its stages in order; finished runs are skipped.
+
+    ``wait``: a run another worker is training is waited for instead of failing (a row that
+    uses another row may meet it in a second worker).
+    """
     for label in plan.requires:
-        run_row(by_label[label], by_label, profile)
+        run_row(by_label[label], by_label, profile, wait)
     result: dict = {}
     for index, stage in enumerate(plan.stages, start=1):
         step = f" (stage {index}/{len(plan.stages)})" if len(plan.stages) > 1 else ""
         print(f"-- row '{plan.row.label}'{step} -> {stage.run_dir}")
-        result = execute(stage.resolved, stage.run_dir, profile=profile, label=plan.row.label)
+        result = execute(
+            stage.resolved, stage.run_dir, profile=profile, label=plan.row.label, wait=wait
+        )
     return result
+
+
+def worker_name() -> str:
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    slurm = f" slurm {job}" + (f"_{task}" if task else "") if job else ""
+    return f"{socket.gethostname()}:{os.getpid()}{slurm}"
+
+
+def trial_counts(study: optuna.Study) -> Counter:
+    return Counter(trial.state.name for trial in study.get_trials(deepcopy=False))
+
+
+def best_so_far(study: optuna.Study) -> str:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "-"
+    best = max(complete, key=lambda t: t.value)
+    return f"{best.value:.2f} dB ({best.user_attrs.get('row', best.number)})"
+
+
+class Progress:
+    """Trials done / running / failed and the best value so far, on one terminal line."""
+
+    def __init__(self, study: optuna.Study, total: int, done: Callable[[Counter], int]) -> None:
+        self.study, self.done = study, done
+        self.bar = tqdm(total=total, desc=study.study_name)
+
+    def update(self) -> Counter:
+        counts = trial_counts(self.study)
+        self.bar.n = self.done(counts)
+        self.bar.set_postfix_str(
+            f"running {counts['RUNNING']}, queued {counts['WAITING']}, pruned "
+            f"{counts['PRUNED']}, failed {counts['FAIL']}, best {best_so_far(self.study)}"
+        )
+        return counts
+
+    def close(self) -> None:
+        self.update()
+        self.bar.close()
+
+
+def table_progress(sweep: Sweep) -> Progress:
+    own = len(sweep.own_rows)
+    return Progress(sweep.study, own, lambda counts: own - len(sweep.missing()))
+
+
+def supervise(
+    study: optuna.Study,
+    launch: Callable[[int], None],
+    alive: Callable[[], int],
+    workers: int,
+    pending: Callable[[Counter], int],
+    progress: Progress,
+    poll: float = 5.0,
+    max_launches: int = 10,
+) -> None:
+    """Keep workers going until nothing is pending and every running trial has ended.
+
+    ``launch(n)`` starts n workers (in this process it runs one to the end); ``alive()``
+    counts those still going; ``pending(counts)`` says how much work is left (queued rows of
+    a table, trials short of a search's cap). A trial whose worker died stays RUNNING until
+    its heartbeat is older than the grace period; then it is failed and queued again, and if
+    no worker is left to take it, new ones are launched (at most ``max_launches`` times, so a
+    row that kills every worker cannot loop forever).
+    """
+    launches = 0
+    try:
+        while True:
+            fail_stale_trials(study)
+            counts = progress.update()
+            running, left = alive(), pending(counts)
+            if left and running == 0:
+                if launches >= max_launches:
+                    raise RuntimeError(
+                        f"{launches} rounds of workers ended with work left in study "
+                        f"{study.study_name}; see the worker logs"
+                    )
+                launches += 1
+                launch(min(workers, left))
+                continue
+            if not left and not counts["RUNNING"] and running == 0:
+                return
+            time.sleep(poll)
+    finally:
+        progress.close()
+
+
+def failures(sweep: Sweep) -> list[str]:
+    """Missing rows with the error of their last failed trial."""
+    last_error: dict[str, str] = {}
+    for trial in sweep.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        last_error[trial.user_attrs.get("row")] = trial.user_attrs.get(
+            "error", "its worker died and the retries ran out"
+        )
+    return [
+        f"row '{plan.row.label}' ({plan.run_dir}): {last_error.get(plan.row.label, 'not run')}"
+        for plan in sweep.missing()
+    ]
 
 
 class RowsFailed(RuntimeError):

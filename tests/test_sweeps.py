@@ -184,7 +184,7 @@ def test_table_renders_with_published_numbers_and_provenance_then_resumes(tmp_pa
 
     capsys.readouterr()
     assert sweeps_main(args) == 0  # second call: nothing to do, nothing overwritten
-    assert "1/1 rows finished, running 0" in capsys.readouterr().out
+    assert "1/1 rows finished, 0 newly queued" in capsys.readouterr().out
     assert (run_dir / "result.json").stat().st_mtime_ns == finished_at
 
 
@@ -307,7 +307,7 @@ def test_a_run_finished_while_waiting_for_the_lock_is_not_run_again(tmp_path, mo
     finished = {"label": "by another process", "scores": {}}
 
     @contextlib.contextmanager
-    def lock_taken_after_the_other_process_finished(path):
+    def lock_taken_after_the_other_process_finished(path, wait=False):
         path.mkdir(parents=True, exist_ok=True)
         (path / "result.json").write_text(json.dumps(finished))
         yield

@@ -1,0 +1,143 @@
+"""Sweeps with several workers: storages, heartbeats, retries, and a worker killed mid-trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from sweeps.__main__ import main as sweeps_main
+from sweeps.specs import PROFILES, REPO, SpecError
+from sweeps.storage import HEARTBEAT_ATTR, Heartbeat, open_storage
+
+
+def test_sqlite_refuses_more_than_one_worker_before_anything_starts(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with pytest.raises(SpecError, match="SQLite.*2 workers"):
+        open_storage(url, tmp_path, workers=2)
+    assert not (tmp_path / "study.db").exists()
+    args = ["sweep", "4.3", "--profile", "ci", "--runs-dir", str(tmp_path), "--workers", "2"]
+    assert sweeps_main([*args, "--storage", url]) == 2
+    assert not any(tmp_path.iterdir())  # no run folder, no job, no database
+
+
+def test_an_unreachable_database_fails_before_any_worker(tmp_path, capsys) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    url = "postgresql+psycopg2://nobody:pw@127.0.0.1:9/nothing"
+    args = ["sweep", "4.3", "--profile", "ci", "--runs-dir", str(tmp_path), "--storage", url]
+    assert sweeps_main(args) == 2
+    assert "cannot be opened" in capsys.readouterr().err
+    assert not (tmp_path / "sweeps").exists()  # no worker was started
+
+
+def test_a_silent_trial_is_failed_and_queued_again_with_its_row(tmp_path) -> None:
+    storage = open_storage(None, tmp_path, heartbeat=Heartbeat(interval=1, grace=5, max_retry=1))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({}, user_attrs={"row": "MMDenseNet baseline"})
+    trial = study.ask()  # pops the queued trial: RUNNING, owned by a worker that now "dies"
+    storage.record_heartbeat(trial._trial_id)
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING  # heartbeat fresh: left alone
+
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    fail_stale_trials(study)
+    dead, retry = study.trials
+    assert dead.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING
+    assert retry.user_attrs["row"] == "MMDenseNet baseline"
+    assert retry.system_attrs["failed_trial"] == dead.number
+
+    # max_retry=1: a second death of the same row is not retried again.
+    again = study.ask()
+    storage.set_trial_system_attr(again._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    fail_stale_trials(study)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def _profile_dir(tmp_path: Path, epochs_fraction: float) -> Path:
+    """The ci profile with more epochs, so that a worker can be killed in the middle."""
+    profile = yaml.safe_load((PROFILES / "ci.yaml").read_text())
+    profile["scale"]["trainer.max_epochs"] = epochs_fraction
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "ci-long.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def _last_epoch(run_dir: Path) -> int | None:
+    try:
+        return int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"])
+    except (OSError, RuntimeError, EOFError, KeyError):  # not there yet, or being written
+        return None
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_retried_from_its_last_checkpoint(
+    tmp_path, tmp_path_factory
+) -> None:
+    """kill -9 the only worker during training: the supervisor sees the trial's heartbeat go
+    stale, the retry callback queues the row again, a new worker resumes from last.ckpt, and
+    the study ends with the row complete exactly once."""
+    runs = tmp_path / "runs"
+    env = {
+        **os.environ,
+        "SWEEPS_PROFILES": str(_profile_dir(tmp_path, 0.06)),  # 100 epochs -> 6
+        "MSS_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "suite-cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("MUSDB_ROOT", None)
+    command = [sys.executable, "-m", "sweeps", "sweep", "4.3", "--profile", "ci-long"]
+    command += ["--runs-dir", str(runs), "--results-dir", str(tmp_path / "results")]
+    command += ["--executor", "local", "--workers", "1", "--heartbeat", "1,4,2", "--poll", "1"]
+    supervisor = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        killed_at = None
+        while killed_at is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert supervisor.poll() is None, supervisor.stdout.read()
+            run_dirs = [p for p in runs.glob("*") if (p / "checkpoints").exists()]
+            if run_dirs and (_last_epoch(run_dirs[0]) or 0) >= 1:
+                study = optuna.load_study(
+                    study_name="table-4.3-ci-long", storage=open_storage(None, runs)
+                )
+                (trial,) = study.get_trials(states=(TrialState.RUNNING,))
+                pid = int(trial.user_attrs["worker"].split(":")[1].split()[0])
+                killed_at = _last_epoch(run_dirs[0])
+                os.kill(pid, signal.SIGKILL)
+        assert killed_at is not None, "training never reached a second epoch"
+        output, _ = supervisor.communicate(timeout=600)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert supervisor.returncode == 0, output
+    assert "ended with exit code -9" in output
+
+    study = optuna.load_study(study_name="table-4.3-ci-long", storage=open_storage(None, runs))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 1 and states.count(TrialState.FAIL) == 1
+    dead = next(t for t in study.trials if t.state == TrialState.FAIL)
+    (done,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done.system_attrs["failed_trial"] == dead.number
+    assert done.user_attrs["row"] == dead.user_attrs["row"] == "MMDenseNet baseline"
+
+    (run_dir,) = [p for p in runs.iterdir() if (p / "result.json").exists()]
+    result = json.loads((run_dir / "result.json").read_text())
+    # Resumed from the checkpoint the dead worker left (it may have saved one more epoch
+    # between our read and the kill), not from scratch; and trained to the end.
+    assert killed_at <= result["resumed_from_epoch"] <= killed_at + 1
+    assert done.user_attrs["resumed_from_epoch"] == result["resumed_from_epoch"]
+    assert result["epochs"] == 6

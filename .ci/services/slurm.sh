@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine, for tests and CI: munged, slurmctld and slurmd
-# as background daemons (no systemd), one partition `debug` on the node `hostname -s`, no
-# cgroups, no accounting database (see docs-snippets/cluster-services.md for why).
+# A real one-node SLURM cluster on this machine, for tests and CI: munged, a private MariaDB,
+# slurmdbd, slurmctld and slurmd as background daemons (no systemd), one partition `debug` on
+# the node `hostname -s`, no cgroups. Accounting through slurmdbd is on, so `sacct` works and
+# submitit sees real job states (docs-snippets/cluster-services.md says why that matters).
 #
 #   bash .ci/services/slurm.sh          # install if missing, configure, start, wait until usable
 #   bash .ci/services/slurm.sh start    # same
 #   bash .ci/services/slurm.sh status   # exit 0 when the node is idle and a job runs
-#   bash .ci/services/slurm.sh stop     # stop the three daemons this script starts
+#   bash .ci/services/slurm.sh stop     # stop the daemons this script starts
 #
 # Idempotent: with everything up and the configuration unchanged, `start` only checks and exits 0.
-# Needs root (it installs packages and writes /etc/slurm/slurm.conf).
+# Needs root (it installs packages and writes /etc/slurm/*.conf). Loopback addresses only.
 set -euo pipefail
 
 MODE="${1:-start}"
 PARTITION="${SLURM_PARTITION:-debug}"
 CONF_DIR=/etc/slurm
 CONF="$CONF_DIR/slurm.conf"
+DBD_CONF="$CONF_DIR/slurmdbd.conf"
 RUN_DIR=/run/slurm
 LOG_DIR=/var/log/slurm
 STATE_DIR=/var/lib/slurm/slurmctld
@@ -25,15 +27,27 @@ MUNGE_KEY=/etc/munge/munge.key
 MUNGE_PID="$MUNGE_RUN/munged.pid"
 CTLD_PID="$RUN_DIR/slurmctld.pid"
 SLURMD_PID="$RUN_DIR/slurmd.pid"
+DBD_PID="$RUN_DIR/slurmdbd.pid"
+DBD_PORT=6819
+# MariaDB for slurmdbd: its own data directory, socket, pid file and loopback port, apart from
+# any system MariaDB on the machine (owned by the mysql user, which cannot write slurm's dirs).
+DB_DIR=/var/lib/slurm/mariadb
+DB_RUN=/run/mss-mariadb
+DB_SOCK="$DB_RUN/mariadb.sock"
+DB_PID="$DB_RUN/mariadb.pid"
+DB_LOG="$DB_DIR/mariadb.err"
+DB_PORT=6820
+DB_PASS=slurmdb-test-only
 WAIT_S="${SLURM_WAIT_S:-60}"
 
 say() { echo "slurm.sh: $*"; }
 die() {
     echo "slurm.sh: ERROR: $*" >&2
-    for f in "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" /var/log/munge/munged.log; do
+    for f in "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmdbd.log" \
+        "$DB_LOG" /var/log/munge/munged.log; do
         if [[ -s "$f" ]]; then
             echo "---- last lines of $f" >&2
-            tail -n 20 "$f" >&2
+            tail -n 8 "$f" >&2
         fi
     done
     exit 1
@@ -53,7 +67,7 @@ alive() { # alive PIDFILE NAME -> 0 when the pid in PIDFILE is a running NAME
 }
 
 stop_pid() { # stop_pid PIDFILE NAME
-    local pid i
+    local pid
     if ! alive "$1" "$2"; then
         rm -f "$1"
         return 0
@@ -61,33 +75,50 @@ stop_pid() { # stop_pid PIDFILE NAME
     pid="$(cat "$1")"
     say "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 100); do
         alive "$1" "$2" || break
         sleep 0.2
     done
     if alive "$1" "$2"; then
-        say "$2 (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
+        say "$2 (pid $pid) ignored SIGTERM for 20 s; sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$1"
+}
+
+wait_pid() { # wait_pid PIDFILE NAME: a daemon that forked writes its pid file a moment later
+    for _ in $(seq 1 50); do
+        alive "$1" "$2" && return 0
+        sleep 0.2
+    done
+    die "$2 did not stay up (no live pid in $1 after 10 s)"
 }
 
 node_name() { hostname -s; }
 
 node_state() { sinfo -h -N -n "$(node_name)" -p "$PARTITION" -o '%T' 2>/dev/null | head -n 1; }
 
-# A trivial batch job and a trivial step must both run: that is what "usable" means here.
+# A trivial step, a trivial batch job, and its record in accounting: that is "usable" here.
 smoke_test() {
-    local out
+    local out jobid
     out="$(timeout 60 srun -p "$PARTITION" -N1 -n1 -t 1 hostname 2>&1)" \
         || { echo "$out" >&2; return 1; }
     [[ "$out" == "$(node_name)" ]] || { echo "srun printed '$out'" >&2; return 1; }
-    timeout 60 sbatch --wait -p "$PARTITION" -t 1 -o /dev/null --wrap true >/dev/null \
+    out="$(timeout 60 sbatch --parsable --wait -p "$PARTITION" -t 1 -o /dev/null --wrap true)" \
         || return 1
+    jobid="${out%%;*}"
+    for _ in $(seq 1 20); do
+        out="$(sacct -n -X -P -o State -j "$jobid" 2>&1)" || true
+        [[ "$out" == COMPLETED ]] && return 0
+        sleep 0.5
+    done
+    echo "sacct does not report job $jobid COMPLETED: '$out'" >&2
+    return 1
 }
 
 ready() {
-    alive "$MUNGE_PID" munged && alive "$CTLD_PID" slurmctld && alive "$SLURMD_PID" slurmd \
+    alive "$MUNGE_PID" munged && alive "$DB_PID" mariadbd && alive "$DBD_PID" slurmdbd \
+        && alive "$CTLD_PID" slurmctld && alive "$SLURMD_PID" slurmd \
         && [[ "$(node_state)" =~ ^(idle|mixed|allocated)$ ]]
 }
 
@@ -98,6 +129,8 @@ do_stop() {
     fi
     stop_pid "$SLURMD_PID" slurmd
     stop_pid "$CTLD_PID" slurmctld
+    stop_pid "$DBD_PID" slurmdbd
+    stop_pid "$DB_PID" mariadbd
     stop_pid "$MUNGE_PID" munged
     say "stopped"
 }
@@ -108,17 +141,20 @@ install_packages() {
     command -v slurmctld >/dev/null || missing+=(slurmctld)
     command -v slurmd >/dev/null || missing+=(slurmd)
     command -v sinfo >/dev/null || missing+=(slurm-client)
-    # slurm-wlm is Debian's meta-package for all of the above.
+    command -v slurmdbd >/dev/null || missing+=(slurmdbd)
+    command -v mariadbd >/dev/null || missing+=(mariadb-server)
+    # slurm-wlm is Debian's meta-package for slurmctld, slurmd and the client commands.
     if ((${#missing[@]})); then
-        say "installing slurm-wlm munge (missing: ${missing[*]})"
+        say "installing slurm-wlm slurmdbd munge mariadb-server (missing: ${missing[*]})"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq || die "apt-get update failed"
-        apt-get install -y -qq slurm-wlm munge >/dev/null || die "apt-get install slurm-wlm munge failed"
+        apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null \
+            || die "apt-get install slurm-wlm slurmdbd munge mariadb-server failed"
     fi
 }
 
-write_config() { # prints "changed" when the file was (re)written
-    local node hw tmp
+write_config() { # prints "changed" when a file was (re)written
+    local node hw tmp changed=""
     node="$(node_name)"
     # CPUs, topology and memory as slurmd itself detects them: the node then never drains
     # for "Low RealMemory" or a CPU count mismatch.
@@ -147,12 +183,14 @@ SlurmdDebug=info
 # No cgroups in this container: plain Linux process tracking, no task binding.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-# No slurmdbd: sacct has nothing to read. Finished jobs stay visible to squeue/scontrol for
-# MinJobAge seconds.
-AccountingStorageType=accounting_storage/none
+# Accounting through slurmdbd, as on a production cluster: sacct (and so submitit) sees states.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
-MinJobAge=600
+MinJobAge=300
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -170,13 +208,33 @@ NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=60 DefaultTime=10 State=UP OverSubscribe=NO
 EOF
     mkdir -p "$CONF_DIR"
-    if [[ -f "$CONF" ]] && cmp -s "$tmp" "$CONF"; then
-        rm -f "$tmp"
-        return 0
+    if ! { [[ -f "$CONF" ]] && cmp -s "$tmp" "$CONF"; }; then
+        install -m 0644 "$tmp" "$CONF"
+        changed=yes
     fi
-    install -m 0644 "$tmp" "$CONF"
+    cat >"$tmp" <<EOF
+# Written by .ci/services/slurm.sh: accounting for the one-node test cluster.
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=slurm
+LogFile=$LOG_DIR/slurmdbd.log
+PidFile=$DBD_PID
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=$DB_PASS
+StorageLoc=slurm_acct_db
+EOF
+    if ! { [[ -f "$DBD_CONF" ]] && cmp -s "$tmp" "$DBD_CONF"; }; then
+        # slurmdbd refuses a config readable by others (it holds the database password).
+        install -o slurm -g slurm -m 0600 "$tmp" "$DBD_CONF"
+        changed=yes
+    fi
     rm -f "$tmp"
-    echo changed
+    if [[ -n "$changed" ]]; then echo changed; fi
 }
 
 start_munge() {
@@ -198,6 +256,7 @@ start_munge() {
     say "starting munged"
     rm -f "$MUNGE_RUN/munge.socket.2" "$MUNGE_RUN/munge.socket.2.lock"
     runuser -u munge -- munged --pid-file="$MUNGE_PID" || die "munged did not start"
+    wait_pid "$MUNGE_PID" munged
     for _ in $(seq 1 50); do
         munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
         sleep 0.2
@@ -205,16 +264,63 @@ start_munge() {
     die "munge credentials do not round-trip (munge -n | unmunge)"
 }
 
+db() { mariadb --protocol=socket --socket="$DB_SOCK" -u root "$@"; }
+
+start_mariadb() {
+    install -d -o mysql -g mysql -m 0750 "$DB_DIR"
+    install -d -o mysql -g mysql -m 0755 "$DB_RUN"
+    if [[ ! -d "$DB_DIR/mysql" ]]; then
+        say "initialising MariaDB data directory $DB_DIR"
+        mariadb-install-db --user=mysql --datadir="$DB_DIR" --auth-root-authentication-method=socket \
+            --skip-test-db >"$LOG_DIR/mariadb-install.log" 2>&1 \
+            || { cat "$LOG_DIR/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+    fi
+    if ! alive "$DB_PID" mariadbd; then
+        say "starting MariaDB on 127.0.0.1:$DB_PORT"
+        rm -f "$DB_SOCK"
+        setsid mariadbd --user=mysql --datadir="$DB_DIR" --socket="$DB_SOCK" --pid-file="$DB_PID" \
+            --bind-address=127.0.0.1 --port="$DB_PORT" --skip-name-resolve \
+            --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
+            --log-error="$DB_LOG" </dev/null >/dev/null 2>&1 &
+        wait_pid "$DB_PID" mariadbd
+        for _ in $(seq 1 60); do
+            db -e 'SELECT 1' >/dev/null 2>&1 && break
+            sleep 0.5
+        done
+        db -e 'SELECT 1' >/dev/null 2>&1 || die "MariaDB did not answer on $DB_SOCK within 30 s"
+    fi
+    db -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" || die "could not create the slurm database"
+}
+
+start_slurmdbd() {
+    if alive "$DBD_PID" slurmdbd; then
+        return 0
+    fi
+    say "starting slurmdbd on 127.0.0.1:$DBD_PORT"
+    slurmdbd || die "slurmdbd did not start"
+    wait_pid "$DBD_PID" slurmdbd
+    for _ in $(seq 1 60); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$DBD_PORT") 2>/dev/null; then return 0; fi
+        alive "$DBD_PID" slurmdbd || die "slurmdbd exited"
+        sleep 0.5
+    done
+    die "slurmdbd does not listen on 127.0.0.1:$DBD_PORT after 30 s"
+}
+
 start_slurm_daemons() {
-    install -d -o slurm -g slurm -m 0755 "$RUN_DIR" "$LOG_DIR" "$STATE_DIR"
+    install -d -o slurm -g slurm -m 0755 "$STATE_DIR"
     install -d -o root -g root -m 0755 "$SPOOL_DIR"
     if ! alive "$CTLD_PID" slurmctld; then
         say "starting slurmctld"
         slurmctld || die "slurmctld did not start"
+        wait_pid "$CTLD_PID" slurmctld
     fi
     if ! alive "$SLURMD_PID" slurmd; then
         say "starting slurmd on $(node_name)"
         slurmd || die "slurmd did not start"
+        wait_pid "$SLURMD_PID" slurmd
     fi
 }
 
@@ -241,14 +347,16 @@ wait_idle() {
 
 do_start() {
     install_packages
+    install -d -o slurm -g slurm -m 0755 "$RUN_DIR" "$LOG_DIR"
     local changed
     changed="$(write_config)"
     if [[ -n "$changed" ]]; then
-        say "wrote $CONF"
-        if alive "$CTLD_PID" slurmctld || alive "$SLURMD_PID" slurmd; then
-            say "configuration changed: restarting slurmctld and slurmd"
+        say "wrote $CONF and $DBD_CONF"
+        if alive "$CTLD_PID" slurmctld || alive "$SLURMD_PID" slurmd || alive "$DBD_PID" slurmdbd; then
+            say "configuration changed: restarting slurmdbd, slurmctld and slurmd"
             stop_pid "$SLURMD_PID" slurmd
             stop_pid "$CTLD_PID" slurmctld
+            stop_pid "$DBD_PID" slurmdbd
         fi
     elif ready; then
         smoke_test || die "daemons are up and the node is idle, but a trivial job failed"
@@ -256,10 +364,12 @@ do_start() {
         return 0
     fi
     start_munge
+    start_mariadb
+    start_slurmdbd
     start_slurm_daemons
     wait_idle
-    smoke_test || die "the node is idle but 'srun hostname' or 'sbatch --wait' failed"
-    say "ready: node $(node_name) $(node_state) in partition $PARTITION ($CONF)"
+    smoke_test || die "the node is idle but 'srun hostname', 'sbatch --wait' or sacct failed"
+    say "ready: node $(node_name) $(node_state) in partition $PARTITION, accounting on ($CONF)"
 }
 
 case "$MODE" in

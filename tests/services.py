@@ -121,7 +121,7 @@ def _partition_idle(partition: str) -> bool:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
-    partition = os.environ.get("SLURM_PARTITION", "debug")
+    partition = os.environ.get("MSS_SLURM_PARTITION", "debug")
     try:
         import submitit  # noqa: F401
     except ImportError:

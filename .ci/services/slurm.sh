@@ -14,7 +14,7 @@
 set -euo pipefail
 
 MODE="${1:-start}"
-PARTITION="${SLURM_PARTITION:-debug}"
+PARTITION="${MSS_SLURM_PARTITION:-debug}"
 CONF_DIR=/etc/slurm
 CONF="$CONF_DIR/slurm.conf"
 DBD_CONF="$CONF_DIR/slurmdbd.conf"

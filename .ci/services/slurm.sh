@@ -58,8 +58,7 @@ die() {
 # --- pid helpers: only processes whose pid file we wrote, checked by name ----------------------
 alive() { # alive PIDFILE NAME -> 0 when the pid in PIDFILE is a running NAME
     local pid
-    [[ -s "$1" ]] || return 1
-    pid="$(cat "$1")"
+    pid="$(cat "$1" 2>/dev/null)" || return 1 # may vanish between checks while a daemon starts
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2" ]] || return 1
     # A zombie (exited, not yet reaped by PID 1) is not alive.

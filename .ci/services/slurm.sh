@@ -153,8 +153,13 @@ install_packages() {
 }
 
 write_config() { # prints "changed" when a file was (re)written
-    local node hw tmp changed=""
+    local node hw tmp changed="" addr
     node="$(node_name)"
+    # The daemons bind to the address the node name resolves to (NoInAddrAny): it must be
+    # loopback, so that nothing of this test cluster listens beyond the machine.
+    addr="$(getent ahostsv4 "$node" | awk 'NR == 1 {print $1}')"
+    [[ "$addr" == 127.* ]] \
+        || die "node name $node resolves to '${addr:-nothing}', not a loopback address; add '127.0.0.1 $node' to /etc/hosts"
     # CPUs, topology and memory as slurmd itself detects them: the node then never drains
     # for "Low RealMemory" or a CPU count mismatch.
     hw="$(slurmd -C | head -n 1)" || die "slurmd -C failed"
@@ -190,6 +195,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
 MinJobAge=300
+# Bind to the address the node name resolves to (127.0.0.1 here), not to every interface.
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -217,6 +224,7 @@ AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
 DbdPort=$DBD_PORT
+CommunicationParameters=NoInAddrAny
 SlurmUser=slurm
 LogFile=$LOG_DIR/slurmdbd.log
 PidFile=$DBD_PID

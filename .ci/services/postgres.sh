@@ -100,6 +100,14 @@ if [[ -z "$BIN" ]]; then
     apt-get update -qq || die "apt-get update failed"
     apt-get install -y -qq postgresql >/dev/null || die "apt-get install postgresql failed"
     BIN="$(pg_bin)" || die "postgresql installed but no pg_ctl under /usr/lib/postgresql/*/bin"
+    # Where services may start on install, the package's default cluster now holds port 5432
+    # on every address: stop the clusters this installation just started (ours runs apart).
+    if command -v pg_lsclusters >/dev/null; then
+        pg_lsclusters -h | awk '$4 == "online" {print $1, $2}' | while read -r ver name; do
+            say "stopping Debian's default cluster $ver/$name, started by the package install"
+            pg_ctlcluster "$ver" "$name" stop || die "could not stop cluster $ver/$name"
+        done
+    fi
 fi
 
 install -d -o postgres -g postgres -m 0700 "$ROOT"

@@ -4,6 +4,9 @@
 #   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
 #   make stats EXP=experiments/mmdensenet/baseline.yaml FRAMES=64
 #   make bench                data-loading benchmark -> results/bench/
+#   make sweep-4.3 EXECUTOR=local|slurm WORKERS=4 STORAGE=postgresql://...   a table by n workers
+#   make hpo-random-search EXECUTOR=slurm WORKERS=8                            a search space
+#   make dashboard STORAGE=...                                                 optuna-dashboard
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,8 +18,18 @@ OUT ?= separated
 FRAMES ?= 64
 EXP ?= experiments/mmdensenet/baseline.yaml
 PYTEST_ARGS ?=
+EXECUTOR ?= local
+WORKERS ?= 1
+STORAGE ?=
+SLURM_CONFIG ?=
+SLURM ?=
+PORT ?= 8080
+# What sweep-%/hpo-% pass on: storage, SLURM settings (SLURM="slurm_partition=gpu gpus_per_node=1").
+SWEEP_ARGS = $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) \
+	--executor $(EXECUTOR) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
+	$(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG)) $(foreach s,$(SLURM),--slurm $(s))
 
-.PHONY: setup test test-fast lint separate stats bench list-tables clean-runs
+.PHONY: setup test test-fast lint separate stats bench list-tables clean-runs dashboard
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +41,16 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 table-%: setup
-	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)
+	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE))
+
+sweep-%: setup
+	$(PY) -m sweeps sweep $* $(SWEEP_ARGS)
+
+hpo-%: setup
+	$(PY) -m sweeps hpo $* $(SWEEP_ARGS)
+
+dashboard: setup
+	$(PY) -m sweeps dashboard --runs-dir $(RUNS) --port $(PORT) $(if $(STORAGE),--storage $(STORAGE))
 
 render-%: setup
 	$(PY) -m sweeps render $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,14 +19,16 @@ from sweeps.executors import (
     EXECUTORS,
     SlurmSettings,
     WorkerArgs,
+    run_search,
     run_sweep,
     run_worker,
 )
 from sweeps.hpo import available_spaces
+from sweeps.hpo import summary as search_summary
 from sweeps.plan import plan_table
 from sweeps.render import render
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
-from sweeps.storage import Heartbeat
+from sweeps.storage import Heartbeat, dashboard_command, describe
 from sweeps.study import RowsFailed, failures
 
 
@@ -102,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
     commands.add_parser("list", help="list the tables")
+    board = commands.add_parser("dashboard", help="optuna-dashboard on a storage (localhost)")
+    board.add_argument("--storage", default=None)
+    board.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    board.add_argument("--port", type=int, default=8080)
     return parser
 
 
@@ -110,12 +117,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print("\n".join(available_tables()))
         return 0
+    if args.command == "dashboard":
+        command = dashboard_command(args.storage, args.runs_dir, args.port)
+        command[0] = str(Path(sys.executable).with_name(command[0]))
+        print(
+            f"http://127.0.0.1:{args.port} (ssh -L {args.port}:127.0.0.1:{args.port} to see it "
+            "from elsewhere); Ctrl-C stops it"
+        )
+        return subprocess.call(command)
     profile = args.profile or default_profile()
     try:
-        if args.command == "worker":
-            storage = args.storage or f"journal:{args.runs_dir / 'optuna.journal'}"
-            worker = WorkerArgs(args.table_id, profile, str(args.runs_dir), storage, args.heartbeat)
-            print(f"worker ran {run_worker(worker)} trial(s); the queue is empty")
+        if args.command in ("worker", "hpo-worker"):
+            kind = "table" if args.command == "worker" else "hpo"
+            storage = describe(args.storage, args.runs_dir)
+            worker = WorkerArgs(
+                kind, args.table_id, profile, str(args.runs_dir), storage, args.heartbeat
+            )
+            print(f"worker ran {run_worker(worker)} trial(s); nothing is left to do")
+            return 0
+        if args.command == "hpo":
+            study = run_search(
+                args.table_id,
+                profile,
+                args.runs_dir,
+                args.storage,
+                executor=args.executor,
+                workers=args.workers,
+                heartbeat=args.heartbeat,
+                slurm=SlurmSettings.load(args.slurm_config, args.slurm)
+                if args.executor == "slurm"
+                else None,
+                poll=args.poll,
+            )
+            print(search_summary(study))
             return 0
         spec = load_table(args.table_id)
         failed = None

@@ -39,6 +39,22 @@ def space_dirs() -> list[Path]:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
+    """Random search whose draws depend on (seed, trial number) only.
+
+    Every worker builds its own sampler; with one shared seed, plain ``RandomSampler`` would
+    draw the same values in every worker (and their runs would share one folder). Trial numbers
+    are unique across workers, so this gives distinct and reproducible samples.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._rng.rng.seed([self._seed, trial.number])
+
+
 @dataclass
 class SearchSpace:
     name: str
@@ -70,7 +86,7 @@ class SearchSpace:
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         options = {k: v for k, v in self.sampler.items() if k != "type"}
-        samplers = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+        samplers = {"random": TrialSeededRandomSampler, "tpe": optuna.samplers.TPESampler}
         return samplers[self.sampler["type"]](**options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -79,6 +95,7 @@ class SearchSpace:
             "median": optuna.pruners.MedianPruner,
             "none": optuna.pruners.NopPruner,
             "hyperband": optuna.pruners.HyperbandPruner,
+            "threshold": optuna.pruners.ThresholdPruner,
         }
         return pruners[self.pruner["type"]](**options)
 

@@ -62,7 +62,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """
 
     def __init__(self, path: Path, heartbeat: Heartbeat) -> None:
-        super().__init__(optuna.storages.journal.JournalFileBackend(str(path)))
+        # The open lock (O_EXCL lock file) is the one optuna-dashboard takes on journal files,
+        # so `make dashboard` and the workers agree on the lock.
+        lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+        super().__init__(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
         self._heartbeat = heartbeat
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -127,3 +130,12 @@ def open_storage(
 def retried_from(trial: FrozenTrial) -> int | None:
     """The number of the trial this one retries (None for a first attempt)."""
     return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def dashboard_command(url: str | None, runs_root: Path, port: int) -> list[str]:
+    """The optuna-dashboard command line for a storage, bound to localhost only."""
+    url = describe(url, runs_root)
+    target = ["--storage-class", "JournalFileStorage", url.removeprefix("journal:")]
+    if not url.startswith("journal:"):
+        target = [url]
+    return ["optuna-dashboard", *target, "--host", "127.0.0.1", "--port", str(port)]

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# The real SLURM cluster and PostgreSQL server fixtures (started by .ci/services/*.sh).
+pytest_plugins = ["tests.services"]
+
 #: Tiny synthetic MUSDB18 wav tree (44.1 kHz files) shared by the data-path tests.
 SYNTHETIC = {"n_train": 3, "n_test": 2, "duration": 4.0, "seed": 0}
 

@@ -14,9 +14,7 @@ import time
 
 import pytest
 
-from tests.services import REPO, postgres_db_url, postgres_server, slurm_cluster, slurm_executor
-
-__all__ = ["postgres_db_url", "postgres_server", "slurm_cluster", "slurm_executor"]
+from tests.services import REPO
 
 
 def square_where(x: int) -> tuple[int, str, str, str]:

@@ -18,6 +18,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from sweeps.__main__ import main as sweeps_main
+from sweeps.plots import epoch_metrics
 from sweeps.specs import PROFILES, REPO, SpecError
 from sweeps.storage import HEARTBEAT_ATTR, Heartbeat, open_storage
 
@@ -65,10 +66,14 @@ def test_a_silent_trial_is_failed_and_queued_again_with_its_row(tmp_path) -> Non
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
 
 
-def _profile_dir(tmp_path: Path, epochs_fraction: float) -> Path:
-    """The ci profile with more epochs, so that a worker can be killed in the middle."""
+def _profile_dir(tmp_path: Path, epochs_fraction: float, val_batches: int = 1) -> Path:
+    """The ci profile with more epochs, so that a worker can be killed in the middle, and
+    optionally more validation chunks (one chunk per track can be all silent vocals, and then
+    there is no validation SDR)."""
     profile = yaml.safe_load((PROFILES / "ci.yaml").read_text())
     profile["scale"]["trainer.max_epochs"] = epochs_fraction
+    profile["trainer"]["limit_val_batches"] = val_batches
+    profile["data"]["valid_chunks_per_track"] = 2 * val_batches
     folder = tmp_path / "profiles"
     folder.mkdir()
     (folder / "ci-long.yaml").write_text(yaml.safe_dump(profile))
@@ -141,3 +146,75 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_last_checkpoint(
     assert killed_at <= result["resumed_from_epoch"] <= killed_at + 1
     assert done.user_attrs["resumed_from_epoch"] == result["resumed_from_epoch"]
     assert result["epochs"] == 6
+
+
+def _space_dir(tmp_path: Path, name: str = "tiny", **changes) -> Path:
+    """A small copy of the thesis's random search."""
+    space = yaml.safe_load((REPO / "sweeps" / "spaces" / "random-search.yaml").read_text())
+    space.update(changes)
+    space["parameters"].pop("data.batch_size")  # keep the ci profile's tiny batches
+    folder = tmp_path / "spaces"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(space))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_search_runs_capped_trials_on_two_workers_and_prunes_hopeless_ones(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SWEEPS_SPACES", str(_space_dir(tmp_path, n_trials=2)))
+    monkeypatch.setenv("SWEEPS_PROFILES", str(_profile_dir(tmp_path, 0.02, val_batches=4)))
+    monkeypatch.setenv("MSS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MUSDB_ROOT", raising=False)
+    runs = tmp_path / "runs"
+    args = ["hpo", "tiny", "--profile", "ci-long", "--runs-dir", str(runs), "--poll", "1"]
+    assert sweeps_main([*args, "--executor", "local", "--workers", "2"]) == 0
+    study = optuna.load_study(study_name="hpo-tiny-ci-long", storage=open_storage(None, runs))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    # MaxTrialsCallback stops each worker once 2 trials have finished; a worker that started
+    # a trial just before may add one.
+    assert 2 <= len(complete) <= 3
+    assert len({t.params["model.init_args.lr"] for t in complete}) == len(complete)
+    for trial in complete:  # the value is the best per-epoch validation SDR of its run
+        sdr = epoch_metrics(Path(trial.user_attrs["run_dir"]))["val/sdr"]
+        assert trial.value == max(sdr.values()) and len(sdr) == 2
+    assert len({t.user_attrs["worker"] for t in complete}) == 2
+
+    # A pruner no trial can satisfy: every trial stops after its first validation.
+    monkeypatch.setenv(
+        "SWEEPS_SPACES",
+        str(
+            _space_dir(tmp_path, "hopeless", n_trials=1, pruner={"type": "threshold", "lower": 1e9})
+        ),
+    )
+    args[1] = "hopeless"
+    assert sweeps_main([*args, "--executor", "local", "--workers", "1"]) == 0
+    study = optuna.load_study(study_name="hpo-hopeless-ci-long", storage=open_storage(None, runs))
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert len(pruned) == 1
+    run_dir = Path(pruned[0].user_attrs["run_dir"])
+    assert not (run_dir / "result.json").exists()  # unfinished, never counted as a result
+    assert len(epoch_metrics(run_dir)["val/sdr"]) == 1
+
+
+def test_random_search_draws_differ_between_workers_and_repeat_with_the_seed(tmp_path) -> None:
+    """Two workers with the space's seed share a study: their draws must not coincide (the
+    runs would share a folder), and the same trial numbers give the same values again."""
+    from sweeps.hpo import TrialSeededRandomSampler
+
+    def draws(storage) -> list[float]:
+        workers = [
+            optuna.create_study(
+                study_name="s",
+                storage=storage,
+                sampler=TrialSeededRandomSampler(seed=0),
+                load_if_exists=True,
+            )
+            for _ in range(2)
+        ]
+        return [workers[i % 2].ask().suggest_float("lr", 1e-4, 1e-2, log=True) for i in range(4)]
+
+    first = draws(open_storage(None, tmp_path / "a"))
+    assert len(set(first)) == 4
+    assert draws(open_storage(None, tmp_path / "b")) == first

@@ -36,7 +36,10 @@ BSS_METRICS = ("SDR", "SIR", "SAR", "ISR", "PES", "EPS")
 # Figures a run writes about itself during test -> (file suffix next to the table, caption).
 RUN_FIGURES = {
     "embeddings_pca.png": ("embeddings", "Embeddings of '{label}' (PCA)"),
-    "oracle_masks.png": ("spectrograms", "Oracle estimates of '{label}', linear vs Mel mask"),
+    "oracle_masks.png": (
+        "spectrograms",
+        "Oracle vocals of '{label}': linear mask (a) vs Mel mask (b), thesis Fig. 5.3",
+    ),
 }
 
 
@@ -46,8 +49,10 @@ def _mel_filterbank_figure(spec: TableSpec, path: Path) -> Path:
     return mel_filterbank_figure(mel_filterbank(rate, 128, dtype=torch.float64), rate, path)
 
 
-# Table-level figures a spec names under ``figures:`` (they need no run).
-TABLE_FIGURES = {"mel_filterbank": _mel_filterbank_figure}
+# Table-level figures a spec names under ``figures:`` (they need no run): (writer, caption).
+TABLE_FIGURES = {
+    "mel_filterbank": (_mel_filterbank_figure, "The 128 Mel filters (thesis Fig. 5.2)"),
+}
 
 
 def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, float]]:
@@ -166,8 +171,9 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
     for name in spec.figures:
         if name not in TABLE_FIGURES:
             raise ValueError(f"{spec.path}: unknown figure '{name}' ({sorted(TABLE_FIGURES)})")
-        figure = TABLE_FIGURES[name](spec, out_dir / f"table-{spec.id}-{name}.png")
-        md += ["", f"Figure '{name}': ![{name}]({figure.name})"]
+        write, caption = TABLE_FIGURES[name]
+        figure = write(spec, out_dir / f"table-{spec.id}-{name}.png")
+        md += ["", f"{caption}: ![{name}]({figure.name})"]
     for plan, m in zip(plans, measured, strict=True):
         for filename, (suffix, caption) in RUN_FIGURES.items():
             # thesis Fig. 4.10 (chimera models) and 5.3 (Mel oracle), written during test

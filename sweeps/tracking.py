@@ -145,7 +145,10 @@ def final_scores(result: dict[str, Any], run_dir: Path) -> dict[str, float]:
         if m in result.get("scores", {})
     }
     tracks = [json.loads(p.read_text()) for p in sorted((run_dir / "museval").glob("*.json"))]
-    if any(t["name"] == "accompaniment" for track in tracks for t in track.get("targets", [])):
+    has_accompaniment = [
+        any(t.get("name") == "accompaniment" for t in track.get("targets", [])) for track in tracks
+    ]
+    if has_accompaniment and all(has_accompaniment):
         accompaniment = aggregate(tracks, target="accompaniment", metrics=METRICS)
         scores |= {f"museval/accompaniment/{m}": accompaniment[m]["median"] for m in METRICS}
     return scores

@@ -18,7 +18,7 @@ import yaml
 from sweeps import tracking
 from sweeps.__main__ import main as sweeps_main
 from sweeps.runs import execute, is_finished, resolve, run_dir_for
-from sweeps.specs import compose, config_hash, deep_merge, load_profile, load_table
+from sweeps.specs import SpecError, compose, config_hash, deep_merge, load_profile, load_table
 
 WANDB = str(Path(sys.executable).with_name("wandb"))
 GROUP = "table-4.1-ci"
@@ -102,13 +102,14 @@ def test_an_explicit_wandb_mode_is_respected_and_runs_without_loggers_get_one(
 def test_logging_to_restores_the_environment_and_the_cli_flag_uses_it(tmp_path, monkeypatch):
     seen = []
 
-    def fake_run_table(spec, profile, runs_root, storage=None):
+    def fake_run_sweep(*args, **kwargs):
         seen.append((os.environ.get(tracking.LOGGER_ENV), os.environ.get(tracking.GROUP_ENV)))
+        raise SpecError("stop before running anything")
 
-    monkeypatch.setattr("sweeps.__main__.run_table", fake_run_table)
+    monkeypatch.setattr("sweeps.__main__.run_sweep", fake_run_sweep)
     args = ["table", "4.3", "--profile", "ci", "--runs-dir", str(tmp_path)]
-    assert sweeps_main([*args, "--results-dir", str(tmp_path / "results")]) == 0
-    assert sweeps_main([*args, "--results-dir", str(tmp_path / "r"), "--logger", "wandb"]) == 0
+    assert sweeps_main(args) == 2
+    assert sweeps_main([*args, "--logger", "wandb"]) == 2
     assert seen == [("csv", "table-4.3-ci"), ("wandb", "table-4.3-ci")]
     assert tracking.LOGGER_ENV not in os.environ and tracking.GROUP_ENV not in os.environ
     with pytest.raises(ValueError, match="unknown logger"):

@@ -46,7 +46,7 @@ table-%: setup
 	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(LOGGER),--logger $(LOGGER))
 
 sweep-%: setup
-	$(PY) -m sweeps sweep $* $(SWEEP_ARGS)
+	$(PY) -m sweeps sweep $* $(SWEEP_ARGS) $(if $(LOGGER),--logger $(LOGGER))
 
 hpo-%: setup
 	$(PY) -m sweeps hpo $* $(SWEEP_ARGS)

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="INTERVAL,GRACE,RETRIES: heartbeat seconds, seconds of silence before a "
             "trial's worker counts as dead, retries of such a trial (default 60,180,3)",
         )
-        if name == "table":
+        if name in ("table", "sweep"):  # workers inherit the choice through the environment
             sub.add_argument(
                 "--logger",
                 choices=LOGGERS,

@@ -1,5 +1,6 @@
 # Every target sets the project up first, so any of them works as the first command typed.
 #   make table-4.3            a results table (PROFILE=smoke without $MUSDB_ROOT, thesis with it)
+#   make table-4.3 LOGGER=wandb   the same, plus one offline W&B run per row (see the README)
 #   make test                 the test suite (CPU, no network)
 #   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
 #   make stats EXP=experiments/mmdensenet/baseline.yaml FRAMES=64
@@ -13,6 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PROFILE ?=
+LOGGER ?=
 RUNS ?= runs
 OUT ?= separated
 FRAMES ?= 64
@@ -41,10 +43,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 table-%: setup
-	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE))
+	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(LOGGER),--logger $(LOGGER))
 
 sweep-%: setup
-	$(PY) -m sweeps sweep $* $(SWEEP_ARGS)
+	$(PY) -m sweeps sweep $* $(SWEEP_ARGS) $(if $(LOGGER),--logger $(LOGGER))
 
 hpo-%: setup
 	$(PY) -m sweeps hpo $* $(SWEEP_ARGS)

@@ -29,7 +29,8 @@ from sweeps.plan import plan_table
 from sweeps.render import render
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
 from sweeps.storage import Heartbeat, dashboard_command, describe
-from sweeps.study import RowsFailed, failures
+from sweeps.study import RowsFailed, failures, study_name
+from sweeps.tracking import LOGGERS, logging_to
 
 
 def heartbeat_arg(text: str) -> Heartbeat:
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="INTERVAL,GRACE,RETRIES: heartbeat seconds, seconds of silence before a "
             "trial's worker counts as dead, retries of such a trial (default 60,180,3)",
         )
+        if name in ("table", "sweep"):  # workers inherit the choice through the environment
+            sub.add_argument(
+                "--logger",
+                choices=LOGGERS,
+                default="csv",
+                help="wandb: also one W&B run per trial (offline unless WANDB_MODE is set)",
+            )
         if name in ("sweep", "hpo"):
             sub.add_argument("--executor", choices=EXECUTORS[1:], default="local")
             sub.add_argument("--workers", type=int, default=1)
@@ -154,19 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_table(args.table_id)
         failed = None
         if args.command in ("table", "sweep"):
-            sweep = run_sweep(
-                spec.id,
-                profile,
-                args.runs_dir,
-                args.storage,
-                executor="inprocess" if args.command == "table" else args.executor,
-                workers=1 if args.command == "table" else args.workers,
-                heartbeat=args.heartbeat,
-                slurm=SlurmSettings.load(args.slurm_config, args.slurm)
-                if args.command == "sweep" and args.executor == "slurm"
-                else None,
-                poll=getattr(args, "poll", 5.0),
-            )
+            with logging_to(getattr(args, "logger", "csv"), study_name(spec, profile)):
+                sweep = run_sweep(
+                    spec.id,
+                    profile,
+                    args.runs_dir,
+                    args.storage,
+                    executor="inprocess" if args.command == "table" else args.executor,
+                    workers=1 if args.command == "table" else args.workers,
+                    heartbeat=args.heartbeat,
+                    slurm=SlurmSettings.load(args.slurm_config, args.slurm)
+                    if args.command == "sweep" and args.executor == "slurm"
+                    else None,
+                    poll=getattr(args, "poll", 5.0),
+                )
             if missing := failures(sweep):
                 failed = RowsFailed(missing)
         paths = render(spec, plan_table(spec, profile, args.runs_dir), args.results_dir)

@@ -25,6 +25,7 @@ from lightning.pytorch import Callback
 
 from lightning_modules.cli import SuiteCLI, make_cli
 from lightning_modules.evaluation import write_json_atomic
+from sweeps import tracking
 from sweeps.specs import REPO, SpecError, config_hash
 
 RESULT = "result.json"
@@ -175,6 +176,7 @@ def execute(
             if "save_dir" in logger.get("init_args", {}):
                 logger["init_args"] = {**logger["init_args"], "save_dir": str(run_dir)}
         config = without_slurm_requeue(config)
+        tracking.add_logger(config, resolved, run_dir, label=label, profile=profile)
         cli = _cli(config, parse_only=False)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         trainer.callbacks.extend(callbacks)
@@ -208,4 +210,5 @@ def execute(
             },
         }
         write_json_atomic(run_dir / RESULT, result)
+        tracking.finish(trainer, result, run_dir)
         return result

@@ -161,11 +161,11 @@ def _space_dir(tmp_path: Path, name: str = "tiny", **changes) -> Path:
 
 @pytest.mark.slow
 def test_a_search_runs_capped_trials_on_two_workers_and_prunes_hopeless_ones(
-    tmp_path, monkeypatch
+    tmp_path, tmp_path_factory, monkeypatch
 ) -> None:
     monkeypatch.setenv("SWEEPS_SPACES", str(_space_dir(tmp_path, n_trials=2)))
     monkeypatch.setenv("SWEEPS_PROFILES", str(_profile_dir(tmp_path, 0.02, val_batches=4)))
-    monkeypatch.setenv("MSS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "suite-cache"))
     monkeypatch.delenv("MUSDB_ROOT", raising=False)
     runs = tmp_path / "runs"
     args = ["hpo", "tiny", "--profile", "ci-long", "--runs-dir", str(runs), "--poll", "1"]

@@ -85,6 +85,8 @@ class BlockStream:
                 self.buffer = np.concatenate([self.buffer, np.zeros(missing)])
             outputs.append(self._block(valid_frames=min(self.frames, total_frames - done_frames)))
             done_frames += self.frames
+        if self.emitted < self.received:  # complete, but short of a whole block
+            outputs.append(self._emit(self.received - self.emitted))
         vocals, accompaniment = self._join(outputs)
         keep = vocals.size - (self.emitted - self.received)  # drop the padding's output
         self.emitted = self.received
@@ -107,17 +109,22 @@ class BlockStream:
             self.numerator[starts[t] : starts[t] + self.n_fft] += inverse[t]
             self.denominator[starts[t] : starts[t] + self.n_fft] += self.window**2
         # The first `step` padded samples get no later frame: they are final.
-        wave = self.numerator[: self.step] / np.maximum(self.denominator[: self.step], 1e-11)
-        mixture = x[: self.step]
-        self.numerator = np.concatenate([self.numerator[self.step :], np.zeros(self.step)])
-        self.denominator = np.concatenate([self.denominator[self.step :], np.zeros(self.step)])
-        self.buffer = self.buffer[self.step :]
+        out = self._emit(self.step)
+        self.block_seconds.append(time.perf_counter() - started)
+        return out
+
+    def _emit(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Output the first ``n`` overlap-added samples and move the stream on by ``n``."""
+        wave = self.numerator[:n] / np.maximum(self.denominator[:n], 1e-11)
+        mixture = self.buffer[:n]
+        self.numerator = np.concatenate([self.numerator[n:], np.zeros(n)])
+        self.denominator = np.concatenate([self.denominator[n:], np.zeros(n)])
+        self.buffer = self.buffer[n:]
         skip = max(0, self.pad - self.start)  # output of the leading centre padding
-        self.start += self.step
+        self.start += n
         wave, mixture = wave[skip:], mixture[skip:]
         self.emitted += wave.size
         vocals = wave if self.info.target == "vocals" else mixture - wave
-        self.block_seconds.append(time.perf_counter() - started)
         return vocals, mixture - vocals
 
     @staticmethod

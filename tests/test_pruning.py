@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.nets import DenseLayer, MMDenseNet, MultiHeadMMDenseNet
+from lightning_modules.nets import BandConfig, DenseLayer, MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.pruning import (
     ChannelSelect,
     InputChannelPSP,
@@ -226,6 +226,36 @@ def test_a_new_layer_type_needs_only_a_rule_and_loses_unread_producer_maps() -> 
     with torch.no_grad():
         torch.testing.assert_close(plain.conv(F.relu(plain.norm(plain.compress(x)))), layer(x))
         torch.testing.assert_close(plain(x), layer(x))
+
+
+def test_final_chapter_5_net_with_bottlenecks_and_no_downsampling_convs() -> None:
+    """Mel-MDenseNet-DC-NoDSConvs-BC's inference net (full band, k=18, L=4): bottleneck
+    layers lose the compress maps their 3x3 conv no longer reads."""
+    net = MMDenseNet(
+        output_activation="sigmoid",
+        low=None,
+        high=None,
+        full=BandConfig(growth_rates=(18,) * 7, layers=(4,) * 7),
+        downsample_conv=False,
+        bottleneck_compression=True,
+    )
+    reference_params, reference_macs = count_parameters(net), count_macs(net, FRAMES, bins=128)
+    add_psp(net, generator=torch.Generator().manual_seed(2))
+    assert not any(".downsamples." in name for name, _ in prunable_convs(net))  # NoDSConvs
+    set_threshold(net, 0.25)
+    _train_bn_statistics(net)
+    net.eval()
+    plain = remove_pruned_channels(net)
+    layer = plain.full_band.encoder[1].layers[2]
+    original = net.full_band.encoder[1].layers[2]
+    kept = int(original.conv.parametrizations.weight[0].kept().sum())
+    assert layer.norm.num_features == kept == layer.conv.in_channels
+    assert layer.compress[1].out_channels == kept  # the producer's unread maps are gone
+    x = torch.rand(2, 1, 128, FRAMES)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), net(x), atol=1e-5, rtol=1e-5)
+    assert count_parameters(plain) < 0.9 * reference_params
+    assert count_macs(plain, FRAMES, bins=128) < 0.85 * reference_macs
 
 
 def test_a_conv_with_every_input_pruned_keeps_its_output_shape() -> None:

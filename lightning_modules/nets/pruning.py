@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lightning_modules.nets.mmdensenet import DenseLayer
+from lightning_modules.nets.mmdensenet import BottleneckDenseLayer, DenseLayer
 
 #: Name suffixes of the convolutions left unpruned: the thesis keeps "the potentially
 #: sensitive output and input layers" dense (5.4.2).
@@ -216,6 +216,9 @@ Rule = PreActivation | Produced
 #: front of them. A new layer type only needs an entry here (``register_layer_rules``).
 LAYER_RULES: dict[type[nn.Module], tuple[Rule, ...]] = {
     DenseLayer: (PreActivation(norm="norm", conv="conv"),),
+    # compress 1x1 -> norm -> ReLU -> conv 3x3 (thesis Fig. 5.5b): the 3x3 conv's pruned inputs
+    # are compress's output maps, which nothing else reads; compress's own inputs are selected.
+    BottleneckDenseLayer: (Produced(producer="compress", norm="norm", conv="conv"),),
 }
 
 

@@ -46,6 +46,8 @@ class ChimeraSeparator(SpectrogramSeparator):
             raise ValueError(f"clustering must be one of {CLUSTERINGS}, got {clustering!r}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if clustering == "attractor" and self.front_end is not None:
+            raise ValueError("the attractor loss is built for linear bins; use deep_clustering")
         self.alpha = alpha
         self.clustering = clustering
 
@@ -53,12 +55,13 @@ class ChimeraSeparator(SpectrogramSeparator):
         self, mixture: torch.Tensor, target: torch.Tensor, embedding: torch.Tensor
     ):
         """Flattened embeddings, ideal binary labels (target vs the rest) and the mixture's
-        magnitude weights, all in one time-frequency order."""
-        sources = torch.stack([target.abs(), (mixture - target).abs()], dim=1)
+        magnitude weights, all in one time-frequency order; on Mel bins with a Mel front end
+        (the Mel affinities of thesis 5.2.2)."""
+        sources = self.analysis(torch.stack([target.abs(), (mixture - target).abs()], dim=1))
         return (
             flatten_embeddings(embedding),
             dominant_source_labels(sources),
-            magnitude_weights(mixture.abs()),
+            magnitude_weights(self.analysis(mixture.abs())),
         )
 
     def training_loss(self, batch: dict) -> torch.Tensor:
@@ -76,7 +79,7 @@ class ChimeraSeparator(SpectrogramSeparator):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        long_enough = batch["mixture"].shape[-1] // HOP + 1 >= self.context_frames
+        long_enough = batch["mixture"].shape[-1] // HOP + 1 >= self.test_context
         if batch_idx == 0 and self.trainer.is_global_zero and long_enough:
             # thesis Fig. 4.10 from the first test track
             self.plot_embeddings(batch, Path(self.trainer.default_root_dir) / "embeddings_pca.png")
@@ -87,7 +90,7 @@ class ChimeraSeparator(SpectrogramSeparator):
         track, coloured by the source that dominates each bin."""
         mixture = stft(batch["mixture"], center=True)
         target = stft(self._target({"targets": batch["targets"][None]})[0], center=True)
-        frames = self.context_frames
+        frames = self.test_context
         energy = mixture.abs().square().sum(0).unfold(0, frames, frames).sum(-1)
         start = int(energy.argmax()) * frames
         block = slice(start, start + frames)

@@ -42,3 +42,55 @@ def embedding_pca_figure(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def mel_filterbank_figure(filterbank: torch.Tensor, rate: int, path: Path) -> Path:
+    """Thesis Fig. 5.2: every triangular Mel filter (rows of ``filterbank``, DC bin dropped)
+    over the linear frequency axis in Hz; each peaks at (about) 1."""
+    n_mels, bins = filterbank.shape
+    hertz = torch.arange(1, bins + 1, dtype=torch.float64) * rate / (2 * bins)
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.plot(hertz.numpy(), filterbank.T.double().cpu().numpy(), linewidth=0.7)
+    ax.set(
+        xlabel="frequency (Hz)",
+        ylabel="filter weight",
+        title=f"{n_mels} triangular Mel filters (Slaney scale, peak 1) at {rate} Hz",
+        xlim=(0, rate / 2),
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def oracle_masks_figure(
+    estimates: dict[str, torch.Tensor], rate: int, hop: int, path: Path
+) -> Path:
+    """Thesis Fig. 5.3: log-magnitude spectrograms (F, frames) of oracle estimates side by side
+    (e.g. linear STFT mask vs Mel mask) on one colour scale."""
+    logs = {
+        name: 20 * torch.log10(spec.abs().double().clamp_min(1e-5))
+        for name, spec in estimates.items()
+    }
+    top = max(float(v.max()) for v in logs.values())
+    fig, axes = plt.subplots(1, len(logs), figsize=(5.5 * len(logs), 4), squeeze=False)
+    for index, (ax, (name, log)) in enumerate(zip(axes[0], logs.items(), strict=True)):
+        frames = log.shape[-1]
+        image = ax.imshow(
+            log.cpu().numpy(),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=top - 80,
+            vmax=top,
+            extent=(0, frames * hop / rate, 0, rate / 2),
+        )
+        ax.set(
+            xlabel="time (s)", ylabel="frequency (Hz)", title=f"({chr(ord('a') + index)}) {name}"
+        )
+    fig.colorbar(image, ax=axes[0].tolist(), label="dB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

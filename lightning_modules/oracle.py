@@ -8,10 +8,13 @@ network estimating such a mask can reach.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from datamodules.sampler import targets_from_sources
 from lightning_modules.dsp import (
+    HOP,
     apply_mask,
     istft,
     linear_to_mel,
@@ -20,7 +23,27 @@ from lightning_modules.dsp import (
     stft,
     wiener_like_mask,
 )
+from lightning_modules.figures import oracle_masks_figure
 from lightning_modules.separator import Separator
+
+FIGURE_SECONDS = 10.0  # thesis Fig. 5.3: a 10-second extract
+
+
+def oracle_vocals_mask(
+    vocals: torch.Tensor,
+    accompaniment: torch.Tensor,
+    rate: int,
+    mel_bins: int | None,
+    alpha: float = 2.0,
+) -> torch.Tensor:
+    """(F, frames) Wiener-like mask of the vocals from the two true source spectra: on linear
+    bins, or on ``mel_bins`` Mel bins (eq. 5.1) interpolated back to linear ones (eq. 5.2)."""
+    magnitudes = torch.stack([vocals.abs(), accompaniment.abs()])
+    if mel_bins is None:
+        return wiener_like_mask(magnitudes, alpha)[0]
+    bank = mel_filterbank(rate, mel_bins).to(magnitudes)
+    mel_mask = wiener_like_mask(linear_to_mel(magnitudes, bank), alpha)[0]
+    return mel_to_linear_mask(mel_mask, bank)
 
 
 class OracleMaskSeparator(Separator):
@@ -46,12 +69,9 @@ class OracleMaskSeparator(Separator):
 
     def vocals_mask(self, vocals: torch.Tensor, accompaniment: torch.Tensor) -> torch.Tensor:
         """(F, frames) mask of the vocals from the two true source spectra."""
-        magnitudes = torch.stack([vocals.abs(), accompaniment.abs()])
-        if self.hparams.mel_bins is None:
-            return wiener_like_mask(magnitudes, self.hparams.alpha)[0]
-        bank = mel_filterbank(self.rate, self.hparams.mel_bins).to(magnitudes)
-        mel_mask = wiener_like_mask(linear_to_mel(magnitudes, bank), self.hparams.alpha)[0]
-        return mel_to_linear_mask(mel_mask, bank)
+        return oracle_vocals_mask(
+            vocals, accompaniment, self.rate, self.hparams.mel_bins, self.hparams.alpha
+        )
 
     def separate_vocals(
         self, mixture: torch.Tensor, targets: torch.Tensor | None = None
@@ -61,6 +81,32 @@ class OracleMaskSeparator(Separator):
         vocals, accompaniment = stft(targets_from_sources(targets, "vocals"), center=True)
         mask = self.vocals_mask(vocals, accompaniment)
         return istft(apply_mask(mask, stft(mixture, center=True)), length=mixture.shape[-1])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        if batch_idx == 0 and self.hparams.mel_bins is not None and self.trainer.is_global_zero:
+            # thesis Fig. 5.3 from the first test track
+            self.plot_masks(batch, Path(self.trainer.default_root_dir) / "oracle_masks.png")
+
+    @torch.no_grad()
+    def plot_masks(self, batch: dict, path: Path) -> Path:
+        """Log-magnitude spectrograms of the oracle vocals estimate with the linear mask (a)
+        and with this model's Mel mask (b), over the 10 s of the track with the loudest
+        vocals (the whole track if shorter)."""
+        vocals, accompaniment = stft(targets_from_sources(batch["targets"], "vocals"), center=True)
+        mixture = stft(batch["mixture"], center=True)
+        frames = min(mixture.shape[-1], round(FIGURE_SECONDS * self.rate / HOP))
+        energy = vocals.abs().square().sum(0).unfold(0, frames, 1).sum(-1)
+        window = slice(int(energy.argmax()), int(energy.argmax()) + frames)
+        vocals, accompaniment, mixture = (x[:, window] for x in (vocals, accompaniment, mixture))
+        estimates = {
+            f"{name} mask": oracle_vocals_mask(vocals, accompaniment, self.rate, bins) * mixture
+            for name, bins in (
+                ("linear STFT", None),
+                (f"Mel ({self.hparams.mel_bins} bins)", self.hparams.mel_bins),
+            )
+        }
+        return oracle_masks_figure(estimates, self.rate, HOP, path)
 
     def configure_optimizers(self) -> None:
         return None

@@ -10,6 +10,7 @@ in parallel processes while the next track is separated; one museval JSON per tr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +30,11 @@ class Separator(L.LightningModule):
         eval_workers: processes running museval during test (0: inline).
         init_from: a checkpoint whose weights training starts from (the previous stage of a
             multi-stage row; the table runner fills it in).
+        test_context_frames: STFT frames per forward pass in the full-track test (default:
+            ``context_frames``); thesis Table 5.1 tests a model at another context than it was
+            trained with.
+        test_only: only test the weights of ``init_from``, without training (a re-test stage,
+            e.g. at another ``test_context_frames``); the table runner then skips ``fit``.
     """
 
     #: False for models that are only evaluated (oracles, combinations of trained models).
@@ -40,18 +46,33 @@ class Separator(L.LightningModule):
         context_frames: int = 64,
         eval_workers: int = 2,
         init_from: str | None = None,
+        test_context_frames: int | None = None,
+        test_only: bool = False,
     ) -> None:
         super().__init__()
+        if test_context_frames is not None and test_context_frames < 1:
+            raise ValueError(f"test_context_frames must be >= 1, got {test_context_frames}")
+        if test_only and not init_from:
+            raise ValueError("test_only needs init_from: the checkpoint whose weights are tested")
         self.rate = rate
         self.context_frames = context_frames
+        self.test_context_frames = test_context_frames
         self.eval_workers = eval_workers
         self.init_from = init_from
+        if test_only:
+            self.trainable = False  # the instance attribute shadows the class's
         self._evaluator: ParallelEvaluator | None = None
         self.test_scores: dict = {}
 
+    @property
+    def test_context(self) -> int:
+        """Frames per forward pass of the full-track test."""
+        return self.test_context_frames or self.context_frames
+
     def setup(self, stage: str) -> None:
         # Before Lightning restores a resumed run's own checkpoint, which then takes precedence.
-        if stage == "fit" and self.init_from:
+        # A test-only model is tested without a checkpoint of its own: its weights are these.
+        if self.init_from and (stage == "fit" or (stage == "test" and not self.trainable)):
             state = torch.load(self.init_from, map_location="cpu", weights_only=False)
             self.load_state_dict(state["state_dict"])
 
@@ -117,11 +138,16 @@ class Separator(L.LightningModule):
             self.log(f"test/{metric}", float(value), sync_dist=True)
 
 
-def split_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups of thesis 3.3.4: weight decay on weights, not on biases nor BatchNorm."""
+def split_decay_groups(
+    module: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()
+) -> list[dict]:
+    """AdamW groups of thesis 3.3.4: weight decay on weights, not on biases nor BatchNorm.
+    Parameters in ``exclude`` are left out: they get a group of their own (PSP's structure
+    parameters, thesis 5.4.2)."""
+    excluded = {id(p) for p in exclude}
     decay, no_decay = [], []
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad or id(parameter) in excluded:
             continue
         is_norm_or_bias = parameter.ndim <= 1 or name.endswith(".bias")
         (no_decay if is_norm_or_bias else decay).append(parameter)

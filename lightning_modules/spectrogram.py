@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from datamodules.sampler import targets_from_sources
@@ -23,6 +24,9 @@ from lightning_modules.dsp import (
     truncated_phase_sensitive_mask,
     wiener_like_mask,
 )
+from lightning_modules.frontend import MelFrontEnd
+from lightning_modules.nets.pruning import add_psp, structure_parameters
+from lightning_modules.psp import PSPConfig, ThresholdSchedule
 from lightning_modules.separator import Separator, split_decay_groups
 
 # The network is injected as an nn.Module; LightningCLI stores its config in the checkpoint
@@ -36,14 +40,15 @@ def in_blocks(
     context: int,
     blocks_per_batch: int = 16,
 ) -> torch.Tensor:
-    """Apply ``estimate`` ((B, F, context) -> (B, F, context)) to a (F, T) spectrogram in
-    consecutive blocks of ``context`` frames; the last block is zero-padded."""
+    """Apply ``estimate`` ((B, F, context) -> (B, F', context)) to a (F, T) spectrogram in
+    consecutive blocks of ``context`` frames; the last block is zero-padded. Returns (F', T):
+    a Mel front end's output has fewer bins than its input."""
     bins, frames = magnitude.shape
     n_blocks = -(-frames // context)
     padded = F.pad(magnitude, (0, n_blocks * context - frames))
     blocks = padded.reshape(bins, n_blocks, context).permute(1, 0, 2)
     out = torch.cat([estimate(b) for b in blocks.split(blocks_per_batch)])
-    return out.permute(1, 0, 2).reshape(bins, n_blocks * context)[:, :frames]
+    return out.permute(1, 0, 2).reshape(out.shape[1], n_blocks * context)[:, :frames]
 
 
 def framewise_snr(
@@ -109,6 +114,18 @@ class SpectrogramSeparator(Separator):
         plateau_factor, plateau_patience: ReduceLROnPlateau on the validation loss (the thesis
             gives the factor 0.1, not the patience; 10 is torch's default).
         blocks_per_batch: test-time blocks of ``context_frames`` per forward pass.
+        mel_bins: None (linear front end) or the number of Mel filters of the Mel front end
+            (thesis 5.2): the network sees Mel magnitudes and outputs a Mel mask, interpolated
+            to linear bins before it multiplies the mixture. Needs a mask objective: "mask"
+            trains on Wiener-like masks of the true Mel spectrograms (WF-MA, Table 5.4),
+            "learned_mask" on the linear magnitudes through the interpolated mask (the SA
+            re-training of Table 5.5).
+        test_context_frames, test_only: see ``Separator``.
+        pruning: Parameterized Structured Pruning (thesis 5.4, ``PSPConfig``): structure
+            parameters on the network's input channels, their own AdamW group, and the
+            threshold schedule as a callback of this module (so profiles that replace the
+            trainer's callbacks keep it). Checkpoints hold the structure parameters and the
+            threshold; ``nets.pruning.remove_pruned_channels(model.net)`` gives the small model.
     """
 
     def __init__(
@@ -130,8 +147,14 @@ class SpectrogramSeparator(Separator):
         context_frames: int = 64,
         eval_workers: int = 2,
         init_from: str | None = None,
+        mel_bins: int | None = None,
+        test_context_frames: int | None = None,
+        test_only: bool = False,
+        pruning: PSPConfig | None = None,
     ) -> None:
-        super().__init__(rate, context_frames, eval_workers, init_from)
+        super().__init__(
+            rate, context_frames, eval_workers, init_from, test_context_frames, test_only
+        )
         self.save_hyperparameters()
         if objective not in OBJECTIVES or mask not in MASKS:
             raise ValueError(
@@ -140,7 +163,21 @@ class SpectrogramSeparator(Separator):
             )
         if input_scale not in SCALES or output_scale not in SCALES:
             raise ValueError(f"scales must be one of {SCALES}: {input_scale!r}, {output_scale!r}")
+        self.front_end: MelFrontEnd | None = None
+        if mel_bins is not None:
+            if objective == "spectrogram" or mask != "wf" or normalize_input:
+                # A Mel spectrogram cannot be interpolated back well, nor is there a Mel phase
+                # for a phase-sensitive mask (thesis 5.2); statistics are per linear bin.
+                raise ValueError(
+                    "a Mel front end (mel_bins) estimates a Wiener-like Mel mask: use objective "
+                    "'mask' (mask 'wf') or 'learned_mask', without normalize_input; got "
+                    f"objective={objective!r}, mask={mask!r}, normalize_input={normalize_input}"
+                )
+            self.front_end = MelFrontEnd(rate, mel_bins)
         self.net = net
+        self.pruning = pruning
+        if pruning is not None:
+            add_psp(net, include_transposed=pruning.include_transposed)
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]
         if normalize_input:
             bins = N_FFT // 2
@@ -169,7 +206,7 @@ class SpectrogramSeparator(Separator):
         """Every output of the network (or of ``net``, a part of it) for a (B, F, T) mixture
         magnitude: "main" (B, F, T), and for multi-head networks "second" (B, F, T) and
         "embedding" (B, K, F, T)."""
-        x = to_scale(magnitude, self.hparams.input_scale)
+        x = to_scale(self.analysis(magnitude), self.hparams.input_scale)
         if self.hparams.normalize_input:
             x = (x - self.input_mean[:, None]) / self.input_std[:, None]
         out = (net or self.net)(x.unsqueeze(1))
@@ -178,6 +215,11 @@ class SpectrogramSeparator(Separator):
         if self.hparams.normalize_input:
             out["main"] = out["main"] * self.output_gain[:, None] + self.output_bias[:, None]
         return out
+
+    def analysis(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """Linear magnitudes (..., F, T) on the network's frequency scale: Mel (eq. 5.1) with
+        a Mel front end, unchanged otherwise. Oracle masks and clustering labels use it too."""
+        return magnitude if self.front_end is None else self.front_end.to_mel(magnitude)
 
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
         """(B, F, T) mixture magnitude -> (B, F, T) raw output of the main head. Outside
@@ -188,15 +230,20 @@ class SpectrogramSeparator(Separator):
 
     def mask_from_output(self, output: torch.Tensor) -> torch.Tensor:
         """A log-scaled output is converted to the linear scale before the sigmoid (Table 4.4's
-        caption); a linear one already went through the network's output function."""
+        caption); a linear one already went through the network's output function. With a Mel
+        front end this is the Mel mask; ``linear_mask`` interpolates it."""
         return torch.sigmoid(torch.exp(output)) if self.hparams.output_scale == "log" else output
+
+    def linear_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A mask on the network's scale -> on linear bins (eq. 5.2 for a Mel front end)."""
+        return mask if self.front_end is None else self.front_end.to_linear_mask(mask)
 
     def magnitude_from_output(self, output: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         """The target's linear magnitude implied by an output: |output| for spectrograms
         (thesis 4.1.2: negative bins of an unconstrained output are mirrored), exp(output) for
         log spectrograms, mask x mixture for masks."""
         if self.hparams.objective != "spectrogram":
-            return self.mask_from_output(output) * mixture
+            return self.linear_mask(self.mask_from_output(output)) * mixture
         if self.hparams.output_scale == "log":
             return (torch.exp(output) - LOG_EPS).clamp_min(0)
         return output.abs()
@@ -205,10 +252,11 @@ class SpectrogramSeparator(Separator):
         return self.magnitude_from_output(self(mixture_magnitude), mixture_magnitude)
 
     def oracle_mask(self, target: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        """The mask-approximation target from complex STFTs of target and mixture."""
+        """The mask-approximation target from complex STFTs of target and mixture; with a Mel
+        front end the Wiener-like mask of the true Mel spectrograms (thesis 5.2.2)."""
         if self.hparams.mask == "tps":
             return truncated_phase_sensitive_mask(target, mixture)
-        magnitudes = torch.stack([target.abs(), (mixture - target).abs()], dim=-3)
+        magnitudes = self.analysis(torch.stack([target.abs(), (mixture - target).abs()], dim=-3))
         return wiener_like_mask(magnitudes, alpha=2.0)[..., 0, :, :]
 
     def objective_loss(
@@ -278,7 +326,7 @@ class SpectrogramSeparator(Separator):
     def _separate(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Full-track estimate of the target: (raw output (F, frames), mixture STFT, waveform)."""
         spectrum = stft(mixture, center=True)
-        output = in_blocks(self, spectrum.abs(), self.context_frames, self.hparams.blocks_per_batch)
+        output = in_blocks(self, spectrum.abs(), self.test_context, self.hparams.blocks_per_batch)
         magnitude = self.magnitude_from_output(output, spectrum.abs())
         waveform = istft(magnitude * torch.exp(1j * spectrum.angle()), length=mixture.shape[-1])
         return output, spectrum, waveform
@@ -301,9 +349,21 @@ class SpectrogramSeparator(Separator):
         self.log("test/loss", loss, batch_size=1, sync_dist=True)
         self.submit_for_evaluation(batch, self._to_vocals(target, batch["mixture"]))
 
+    def parameter_groups(self) -> list[dict]:
+        """Thesis 3.3.4's AdamW groups, plus PSP's structure parameters with their own
+        (decoupled) weight decay, thesis 5.4.2."""
+        if self.pruning is None:
+            return split_decay_groups(self, self.hparams.weight_decay)
+        alphas = structure_parameters(self.net)
+        groups = split_decay_groups(self, self.hparams.weight_decay, exclude=alphas)
+        return [*groups, {"params": alphas, "weight_decay": self.pruning.weight_decay}]
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [] if self.pruning is None else [ThresholdSchedule(self.pruning)]
+
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(
-            split_decay_groups(self, self.hparams.weight_decay),
+            self.parameter_groups(),
             lr=self.hparams.lr,
             eps=self.hparams.eps,
         )

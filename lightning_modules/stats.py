@@ -46,7 +46,8 @@ def net_from_config(net_config: dict) -> nn.Module:
 
 def network_stats(config: dict, frames: int) -> dict[str, int]:
     """Parameters and MACs of the network of an experiment config (``model.init_args.net``),
-    at inference: training-only heads (accompaniment, embeddings) are not counted."""
+    at inference: training-only heads (accompaniment, embeddings) are not counted. The input
+    has ``model.init_args.mel_bins`` bins with a Mel front end, else the 1024 linear ones."""
     net_config = config["model"].get("init_args", {}).get("net")
     if net_config is None:
         raise ValueError(
@@ -55,7 +56,8 @@ def network_stats(config: dict, frames: int) -> dict[str, int]:
     net = net_from_config(net_config)
     if hasattr(net, "inference_net"):
         net = net.inference_net()
-    return {"params": count_parameters(net), "macs": count_macs(net, frames)}
+    bins = config["model"]["init_args"].get("mel_bins") or N_FFT // 2
+    return {"params": count_parameters(net), "macs": count_macs(net, frames, bins)}
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Render a results table from the runs' own museval JSON, beside the thesis's numbers.
 
 Writes ``results/table-<id>.md``, ``.csv`` and ``.json``. The CSV has one line per row:
-``label``, then every column twice (``<col>`` ours, ``<col>_published``), then provenance.
+``label``, then every column twice (``<col>`` ours, ``<col>_published``; with ``relative_to``
+also ``<col>_delta`` and ``<col>_delta_published`` in percent), then provenance.
 Rows without a finished run are shown as "not run", never filled in.
 """
 
@@ -15,7 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
+from lightning_modules.dsp import mel_filterbank
 from lightning_modules.evaluation import aggregate
+from lightning_modules.figures import mel_filterbank_figure
 from lightning_modules.stats import network_stats
 from sweeps.plan import RowPlan
 from sweeps.plots import training_curves
@@ -27,6 +33,21 @@ PROVENANCE = ("commit", "data", "profile", "device", "date")
 STATISTICS = ("median", "mad", "mean", "std")
 STATISTIC_NAMES = {"median": "median", "mad": "MAD", "mean": "mean", "std": "std"}
 BSS_METRICS = ("SDR", "SIR", "SAR", "ISR", "PES", "EPS")
+# Figures a run writes about itself during test -> (file suffix next to the table, caption).
+RUN_FIGURES = {
+    "embeddings_pca.png": ("embeddings", "Embeddings of '{label}' (PCA)"),
+    "oracle_masks.png": ("spectrograms", "Oracle estimates of '{label}', linear vs Mel mask"),
+}
+
+
+def _mel_filterbank_figure(spec: TableSpec, path: Path) -> Path:
+    """Thesis Fig. 5.2: the 128 Mel filters at the table's sample rate."""
+    rate = int(yaml.safe_load(spec.base.read_text())["data"]["rate"])
+    return mel_filterbank_figure(mel_filterbank(rate, 128, dtype=torch.float64), rate, path)
+
+
+# Table-level figures a spec names under ``figures:`` (they need no run).
+TABLE_FIGURES = {"mel_filterbank": _mel_filterbank_figure}
 
 
 def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, float]]:
@@ -58,7 +79,9 @@ def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
         elif column == "Loss":
             values[column] = result["test_metrics"].get("test/loss")
     if {"Parameters", "MACs"} & set(spec.columns):
-        frames = spec.stats_frames or resolved["data"]["context_frames"]
+        # The network runs at the test context (Table 5.2: MACs per context size).
+        test_context = resolved["model"]["init_args"].get("test_context_frames")
+        frames = spec.stats_frames or test_context or resolved["data"]["context_frames"]
         values.update(efficiency_columns(resolved, frames))
     return {"values": values, "scores": scores, "result": result}
 
@@ -69,7 +92,7 @@ def _fmt(column: str, value: Any) -> str:
     if column == "Parameters":
         return f"{value / 1e3:,.3f}K"
     if column == "MACs":
-        return f"{value / 1e9:.3f}G"
+        return f"{value / 1e9:.3f}G" if value >= 1e9 else f"{value / 1e6:.3f}M"
     return f"{value:.3f}" if column == "Loss" else f"{value:.2f}"
 
 
@@ -140,13 +163,21 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
         md += ["", "Notes:", *notes]
     if curves:
         md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
+    for name in spec.figures:
+        if name not in TABLE_FIGURES:
+            raise ValueError(f"{spec.path}: unknown figure '{name}' ({sorted(TABLE_FIGURES)})")
+        figure = TABLE_FIGURES[name](spec, out_dir / f"table-{spec.id}-{name}.png")
+        md += ["", f"Figure '{name}': ![{name}]({figure.name})"]
     for plan, m in zip(plans, measured, strict=True):
-        figure = plan.run_dir / "embeddings_pca.png" if m else None
-        if figure and figure.exists():  # thesis Fig. 4.10, written by the chimera models
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", plan.row.label).strip("-").lower()
-            copy = out_dir / f"table-{spec.id}-{slug}-embeddings.png"
-            shutil.copyfile(figure, copy)
-            md += ["", f"Embeddings of '{plan.row.label}' (PCA): ![embeddings]({copy.name})"]
+        for filename, (suffix, caption) in RUN_FIGURES.items():
+            # thesis Fig. 4.10 (chimera models) and 5.3 (Mel oracle), written during test
+            figure = plan.run_dir / filename if m else None
+            if figure and figure.exists():
+                slug = re.sub(r"[^A-Za-z0-9]+", "-", plan.row.label).strip("-").lower()
+                copy = out_dir / f"table-{spec.id}-{slug}-{suffix}.png"
+                shutil.copyfile(figure, copy)
+                text = caption.format(label=plan.row.label)
+                md += ["", f"{text}: ![{suffix}]({copy.name})"]
     paths = {"md": out_dir / f"table-{spec.id}.md", "csv": out_dir / f"table-{spec.id}.csv"}
     paths["md"].write_text("\n".join(md) + "\n")
     with open(paths["csv"], "w", newline="") as handle:
@@ -177,12 +208,40 @@ def _csv_provenance(m: dict | None) -> list[str]:
     return [str(provenance.get(key, "")) for key in PROVENANCE]
 
 
+def relative_change(value: Any, reference: Any) -> float | None:
+    """``100 * (value / reference - 1)``, the thesis's Delta in percent; None when either is
+    unknown or the reference is not positive (a change relative to it means nothing)."""
+    if value is None or reference is None or not reference > 0:
+        return None
+    if math.isnan(value) or math.isnan(reference):
+        return None
+    return 100.0 * (value / reference - 1.0)
+
+
+def _fmt_delta(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.2f}%"
+
+
 def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
-    header = ["Row"] + [f"{c} ({who})" for c in spec.columns for who in ("ours", "thesis")]
+    """One line per row; with ``relative_to``, every column is followed by its relative
+    change (ours and the thesis's, each against its own reference row's value)."""
+    whos = ("ours", "thesis")
+    relative = spec.relative_to is not None
+    header = ["Row"]
+    csv_header = ["label"]
+    for c in spec.columns:
+        header += [f"{c} ({who})" for who in whos]
+        csv_header += [c, f"{c}_published"]
+        if relative:
+            header += [f"Δ {c} ({who})" for who in whos]
+            csv_header += [f"{c}_delta", f"{c}_delta_published"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv_rows = [
-        ["label"] + [f"{c}{s}" for c in spec.columns for s in ("", "_published")] + list(PROVENANCE)
-    ]
+    csv_rows = [csv_header + list(PROVENANCE)]
+    reference: tuple[dict, dict] = ({}, {})
+    if relative:
+        index = [p.row.label for p in plans].index(spec.relative_to)
+        ref_measured = measured[index]
+        reference = (ref_measured["values"] if ref_measured else {}, plans[index].row.published)
     for plan, m in zip(plans, measured, strict=True):
         row = plan.row
         cells, values = [row.label], []
@@ -191,6 +250,13 @@ def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
             published = row.published.get(column)
             cells += [_fmt(column, ours) if m else "not run", _fmt(column, published)]
             values += ["" if ours is None else ours, "" if published is None else published]
+            if relative:
+                deltas = [
+                    relative_change(ours, reference[0].get(column)),
+                    relative_change(published, reference[1].get(column)),
+                ]
+                cells += [_fmt_delta(d) for d in deltas]
+                values += ["" if d is None else d for d in deltas]
         md.append("| " + " | ".join(cells) + " |")
         csv_rows.append([row.label] + values + _csv_provenance(m))
     return md, csv_rows

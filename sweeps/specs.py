@@ -57,6 +57,9 @@ class TableSpec:
     rows: list[Row]
     layout: str = "rows"  # "rows": one line per run; "statistics": metrics x median/MAD/mean/std
     stats_frames: int | None = None  # frames for the Parameters/MACs columns
+    # Label of the row that the relative changes (Delta %) of every numeric column refer to.
+    relative_to: str | None = None
+    figures: tuple[str, ...] = ()  # table-level figures by name (sweeps.render.TABLE_FIGURES)
     path: Path | None = None
 
 
@@ -93,6 +96,8 @@ def load_table(table_id: str) -> TableSpec:
             rows=rows,
             layout=raw.get("layout", "rows"),
             stats_frames=raw.get("stats_frames"),
+            relative_to=raw.get("relative_to"),
+            figures=tuple(raw.get("figures") or ()),
             path=path,
         )
     except (KeyError, TypeError) as error:
@@ -103,6 +108,8 @@ def load_table(table_id: str) -> TableSpec:
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise SpecError(f"{path}: duplicate row labels {labels}")
+    if spec.relative_to is not None and spec.relative_to not in labels:
+        raise SpecError(f"{path}: relative_to '{spec.relative_to}' is not a row ({labels})")
     return spec
 
 

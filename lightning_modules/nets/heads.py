@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.nets.mmdensenet import (
+    FULL_BAND,
+    HIGH_BAND,
+    LOW_BAND,
+    BandConfig,
     DenseBlock,
     DenseLayer,
     MMDenseNet,
@@ -60,6 +64,9 @@ class MultiHeadMMDenseNet(nn.Module):
             the final dense block) or ``"post_block"`` (from the final block's output, just
             before the output conv).
         embedding_dim: K, the embedding dimension (thesis: 20).
+        low, high, full, split_bin, downsample_conv, bottleneck_compression: the main
+            MMDenseNet's bands and chapter-5 options (see ``MMDenseNet``); a second head's final
+            block is built like the main one's (with bottleneck layers under BC).
 
     ``forward`` maps ``(B, 1, F, T)`` to a dict with ``"main"`` ``(B, 1, F, T)``, plus
     ``"second"`` ``(B, 1, F, T)`` and/or ``"embedding"`` ``(B, embedding_dim, F, T)`` when
@@ -74,6 +81,12 @@ class MultiHeadMMDenseNet(nn.Module):
         second_activation: str | None = None,
         embedding_split: str | None = None,
         embedding_dim: int = 20,
+        low: BandConfig | None = LOW_BAND,
+        high: BandConfig | None = HIGH_BAND,
+        full: BandConfig | None = FULL_BAND,
+        split_bin: int | None = None,
+        downsample_conv: bool = True,
+        bottleneck_compression: bool = False,
     ) -> None:
         super().__init__()
         if second_head is not None and second_head not in SECOND_HEADS:
@@ -95,13 +108,21 @@ class MultiHeadMMDenseNet(nn.Module):
             input_kernel_size=input_kernel_size,
             output_activation=output_activation,
             n_decoders=2 if second_head == "decoder" else 1,
+            low=low,
+            high=high,
+            full=full,
+            split_bin=split_bin,
+            downsample_conv=downsample_conv,
+            bottleneck_compression=bottleneck_compression,
         )
         final = self.main.final_block
         self.second_block: DenseBlock | None = None
         self.second_output_conv: nn.Conv2d | None = None
         if second_head is not None:
             # Same configuration as the main head's final block and (biased) output conv.
-            self.second_block = DenseBlock(final.in_channels, final.out_channels, len(final.layers))
+            self.second_block = DenseBlock(
+                final.in_channels, final.out_channels, len(final.layers), final.bottleneck
+            )
             self.second_output_conv = nn.Conv2d(
                 final.out_channels, self.main.output_conv.out_channels, kernel_size=1, bias=True
             )

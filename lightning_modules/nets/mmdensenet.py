@@ -9,6 +9,7 @@ before being joined along frequency. The default model has exactly 268,929 param
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,22 +69,58 @@ class DenseLayer(nn.Module):
         return self.conv(F.relu(self.norm(x)))
 
 
+class BottleneckDenseLayer(nn.Module):
+    """Bottleneck-compressed composite function of thesis Fig. 5.5b (Section 5.3):
+    1x1 conv halving the incoming maps -> BatchNorm -> ReLU -> 3x3 conv to ``growth_rate``.
+
+    Attributes (in forward order; other tools rely on these names):
+
+    * ``compress``: ``nn.Conv2d(in_channels, mid_channels, 1, bias=False)`` with
+      ``mid_channels = ceil(in_channels * compression)`` (thesis: a factor of 2). No BN/ReLU in
+      front of it (unlike DenseNet-BC, Fig. 5.5a), so a BN-folding export can fold ``norm``
+      into it; no bias, because ``norm`` follows.
+    * ``norm``: ``nn.BatchNorm2d(mid_channels)``, then ReLU (functional, no module).
+    * ``conv``: ``nn.Conv2d(mid_channels, growth_rate, 3, padding=1, bias=False)``; no bias,
+      because the next layer's ``compress`` + ``norm`` (or the final block's) absorb it.
+
+    ``norm`` and ``conv`` keep ``DenseLayer``'s names, so code that reads a layer's
+    ``conv.out_channels`` works for both kinds of layer.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, compression: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < compression <= 1.0:
+            raise ValueError(f"compression must lie in (0, 1], got {compression}")
+        self.mid_channels = math.ceil(in_channels * compression)
+        self.compress = nn.Conv2d(in_channels, self.mid_channels, kernel_size=1, bias=False)
+        self.norm = nn.BatchNorm2d(self.mid_channels)
+        self.conv = nn.Conv2d(self.mid_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.relu(self.norm(self.compress(x))))
+
+
 class DenseBlock(nn.Module):
     """``num_layers`` densely connected layers; the output is only the LAST layer's maps.
 
     Layer ``i`` sees the block input concatenated with all previous layer outputs. Returning
     only the last layer (as in Fig. 1 of the MMDenseNet paper) keeps channel counts at ``k``
-    instead of growing with every block.
+    instead of growing with every block. ``bottleneck=True`` builds ``BottleneckDenseLayer``s
+    (thesis Section 5.3, "BC") instead of ``DenseLayer``s; ``self.layers`` holds them either way.
     """
 
-    def __init__(self, in_channels: int, growth_rate: int, num_layers: int) -> None:
+    def __init__(
+        self, in_channels: int, growth_rate: int, num_layers: int, bottleneck: bool = False
+    ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.in_channels = in_channels
         self.out_channels = growth_rate
+        self.bottleneck = bottleneck
+        layer = BottleneckDenseLayer if bottleneck else DenseLayer
         self.layers = nn.ModuleList(
-            DenseLayer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)
+            layer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,15 +133,22 @@ class DenseBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """1x1 bias-free conv (channels preserved) followed by 2x2 average pooling."""
+    """1x1 bias-free conv (channels preserved) followed by 2x2 average pooling.
 
-    def __init__(self, channels: int) -> None:
+    ``pointwise=False`` is the thesis's "NoDSConvs" (Section 5.3): the 1x1 conv, which the
+    MMDenseNet never uses to compress, is dropped and ``self.conv`` is ``None``; only
+    ``self.pool`` remains.
+    """
+
+    def __init__(self, channels: int, pointwise: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+        self.conv: nn.Conv2d | None = (
+            nn.Conv2d(channels, channels, kernel_size=1, bias=False) if pointwise else None
+        )
         self.pool = nn.AvgPool2d(kernel_size=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.conv(x))
+        return self.pool(x if self.conv is None else self.conv(x))
 
 
 class Upsample(nn.Module):
@@ -129,6 +173,10 @@ class MDenseNet(nn.Module):
     for multi-task heads split after the encoder (thesis Section 4.3). Decoder 0 keeps the
     attribute names ``upsamples``/``decoder`` so single-decoder state dicts are unchanged;
     further decoders live in ``extra_upsamples``/``extra_decoders``. ``forward`` uses decoder 0.
+
+    ``downsample_conv=False`` drops the 1x1 convs of the down-sampling path (thesis
+    "NoDSConvs"); ``bottleneck_compression=True`` builds every dense block from
+    ``BottleneckDenseLayer``s (thesis "BC").
     """
 
     def __init__(
@@ -139,6 +187,8 @@ class MDenseNet(nn.Module):
         input_kernel_size: int = 3,
         first_channels: int = 32,
         n_decoders: int = 1,
+        downsample_conv: bool = True,
+        bottleneck_compression: bool = False,
     ) -> None:
         super().__init__()
         if n_decoders < 1:
@@ -165,12 +215,12 @@ class MDenseNet(nn.Module):
         channels = first_channels
         skip_channels: list[int] = []
         for k, n in zip(growth_rates[:s], layers[:s], strict=True):
-            self.encoder.append(DenseBlock(channels, k, n))
+            self.encoder.append(DenseBlock(channels, k, n, bottleneck_compression))
             channels = k
             skip_channels.append(channels)
-            self.downsamples.append(Downsample(channels))
+            self.downsamples.append(Downsample(channels, pointwise=downsample_conv))
 
-        self.bottleneck = DenseBlock(channels, growth_rates[s], layers[s])
+        self.bottleneck = DenseBlock(channels, growth_rates[s], layers[s], bottleneck_compression)
 
         def build_decoder() -> tuple[nn.ModuleList, nn.ModuleList]:
             channels = growth_rates[s]
@@ -179,7 +229,7 @@ class MDenseNet(nn.Module):
                 growth_rates[s + 1 :], layers[s + 1 :], reversed(skip_channels), strict=True
             ):
                 upsamples.append(Upsample(channels))
-                decoder.append(DenseBlock(channels + skip, k, n))
+                decoder.append(DenseBlock(channels + skip, k, n, bottleneck_compression))
                 channels = k
             return upsamples, decoder
 
@@ -276,6 +326,11 @@ class MMDenseNet(nn.Module):
     variants; at least one path must remain. ``n_decoders`` is passed to every band (extra
     decoders for multi-task heads, see ``heads.MultiHeadMMDenseNet``); ``forward`` always
     uses decoder 0 and ``decoder_view(0)`` is the plain single-decoder model.
+
+    Chapter 5 options (thesis Section 5.3), both off by default: ``downsample_conv=False``
+    ("NoDSConvs") drops the 1x1 convs before every average pooling of every band;
+    ``bottleneck_compression=True`` ("BC") uses ``BottleneckDenseLayer``s in every dense block,
+    the final block included.
     """
 
     def __init__(
@@ -292,6 +347,8 @@ class MMDenseNet(nn.Module):
         first_channels: int = 32,
         split_bin: int | None = None,
         n_decoders: int = 1,
+        downsample_conv: bool = True,
+        bottleneck_compression: bool = False,
     ) -> None:
         super().__init__()
         check_output_activation(output_activation)
@@ -313,6 +370,8 @@ class MMDenseNet(nn.Module):
                 input_kernel_size,
                 first_channels,
                 n_decoders,
+                downsample_conv,
+                bottleneck_compression,
             )
 
         self.low_band = build(low)
@@ -323,7 +382,11 @@ class MMDenseNet(nn.Module):
         if self.low_band is not None and self.high_band is not None:
             self.band_channels = max(self.low_band.out_channels, self.high_band.out_channels)
         joined = self.band_channels + (self.full_band.out_channels if self.full_band else 0)
-        self.final_block = DenseBlock(joined, final_growth_rate, final_layers)
+        self.downsample_conv = downsample_conv
+        self.bottleneck_compression = bottleneck_compression
+        self.final_block = DenseBlock(
+            joined, final_growth_rate, final_layers, bottleneck_compression
+        )
         # Biased output conv so earlier layers need not absorb the target's offset/scale.
         self.output_conv = nn.Conv2d(final_growth_rate, out_channels, kernel_size=1, bias=True)
         self.reset_parameters()

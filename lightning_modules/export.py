@@ -3,13 +3,13 @@
 ``python -m lightning_modules.export --checkpoint best.ckpt --format onnx [--out model.onnx]``
 (or ``make export CKPT=... FORMAT=onnx|torchscript [OUT=...]``).
 
-The exported graph maps mixture magnitude frames to the vocal (or the model's target's)
-magnitude estimate, ``(B, 1024, frames) -> (B, 1024, frames)``, and holds everything between
-the STFT and the iSTFT: input scaling and normalisation, the Mel projection of Mel models,
-the network, the output gain, the mask (and its interpolation back to linear bins) applied to
-the mixture magnitude. It is the separator's own ``estimate_magnitude``, traced, so it cannot
-drift from what the model computes in PyTorch. STFT and iSTFT stay outside (in the streaming
-loop), where the phase and the overlap-add live.
+The exported graph maps one block of mixture magnitude frames (batch 1) to the vocal (or the
+model's target's) magnitude estimate, ``(1, 1024, frames) -> (1, 1024, frames)``, and holds
+everything between the STFT and the iSTFT: input scaling and normalisation, the Mel
+projection of Mel models, the network, the output gain, the mask (and its interpolation back
+to linear bins) applied to the mixture magnitude. It is the separator's own
+``estimate_magnitude``, traced, so it cannot drift from what the model computes in PyTorch.
+STFT and iSTFT stay outside (in the streaming loop), where the phase and the overlap-add live.
 
 Before export the network is made an inference network:
   1. training-only heads dropped (``inference_net()`` of multi-head nets);
@@ -37,6 +37,7 @@ from torch import nn
 
 from lightning_modules.dsp import HOP, N_FFT
 from lightning_modules.nets.fold import fold_batchnorm
+from lightning_modules.nets.pruning import has_psp, remove_pruned_channels
 from lightning_modules.spectrogram import SpectrogramSeparator
 
 FORMATS = ("onnx", "torchscript")
@@ -86,12 +87,8 @@ class SpectralPipeline(nn.Module):
 
 
 def remove_pruning(net: nn.Module) -> tuple[nn.Module, bool]:
-    """Fuse PSP and drop pruned channels when the net has PSP (hook for ``nets/pruning.py``)."""
-    try:
-        from lightning_modules.nets.pruning import remove_pruned_channels
-    except ImportError:  # no pruning module in this build: nothing can be pruned
-        return net, False
-    if not any("pruning" in type(m).__module__ for m in net.modules()):
+    """Fuse PSP's structure parameters and drop pruned channels, when the net has PSP."""
+    if not has_psp(net):
         return net, False
     return remove_pruned_channels(net), True
 
@@ -125,6 +122,8 @@ def inference_pipeline(
     model._jit_is_scripting = True
     net = model.net
     # Joint masks combine both heads (multitask.py), so they keep the full net.
+    if getattr(model, "joint_mask", False) and has_psp(net):
+        raise ValueError(f"{source}: pruned channels of a joint-mask net cannot be removed")
     if hasattr(net, "inference_net") and not getattr(model, "joint_mask", False):
         net = net.inference_net()
     net, pruned = remove_pruning(net)
@@ -157,13 +156,13 @@ def export_torchscript(pipeline: SpectralPipeline, info: ExportInfo, path: Path)
 
 def export_onnx(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Path:
     """ONNX through ``torch.export`` (the dynamo exporter; the thesis's TorchScript-based
-    exporter is deprecated in this torch), batch axis dynamic, metadata in metadata_props."""
+    exporter is deprecated in this torch), metadata in metadata_props. Batch 1, as the
+    streaming loop runs it (a dynamic batch axis came out pinned to 1 for Mel models)."""
     import onnx
 
     # the exporter lists torchvision ops it cannot find: not used here
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.rand(1, info.bins, info.frames)
-    batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         program = torch.onnx.export(
             pipeline,
@@ -171,7 +170,6 @@ def export_onnx(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Pat
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
             optimize=True,
             verbose=False,
         )
@@ -201,11 +199,11 @@ def export(
 
 
 def check_export(separator: SpectrogramSeparator, path: Path, info: ExportInfo) -> float:
-    """Largest |exported - PyTorch| on random magnitudes (batch 2); refuses (deletes the file)
-    beyond ``TOLERANCE`` relative to the output's scale."""
+    """Largest |exported - PyTorch| on a random block; refuses (deletes the file) beyond
+    ``TOLERANCE`` relative to the output's scale."""
     from lightning_modules.runtime import load_exported
 
-    magnitude = torch.rand(2, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
+    magnitude = torch.rand(1, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
     was_training = separator.training
     separator.eval()
     with torch.no_grad():

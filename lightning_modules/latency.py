@@ -32,15 +32,25 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_modules.dsp import N_FFT
 from lightning_modules.export import (
     SpectralPipeline,
+    check_export,
     export_onnx,
     export_torchscript,
     inference_pipeline,
 )
+from lightning_modules.nets.pruning import (
+    get_threshold,
+    has_psp,
+    remove_pruned_channels,
+    set_threshold,
+    sparsity,
+)
 from lightning_modules.runtime import OnnxModel, TorchScriptModel, torch_threads
 from lightning_modules.separator import Separator
 from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.stats import count_macs
 from lightning_modules.stream import BlockStream
 
 FRAMES = 8
@@ -50,6 +60,8 @@ BASELINE_CONFIG = Path("experiments/mmdensenet/baseline.yaml")
 FINAL_CONFIG = Path("experiments/mmdensenet/mel_mdensenet_dc_nodsconvs_bc.yaml")
 #: Thesis 5.5.1: the pruned final model ~4 ms per block, 6.5x faster than the baseline (26 ms).
 TARGET_SPEEDUP, TARGET_MS = 6.5, 4.0
+#: Thesis Table 5.10: PSP at epsilon 0.18 on the final model.
+THESIS_PSP = {"threshold": 0.18, "macs_reduction": 0.0652, "params_reduction": 0.0524}
 
 
 @dataclass
@@ -62,8 +74,10 @@ class Candidate:
     structure: str
 
 
-def separator_from_config(path: Path, frames: int = FRAMES) -> SpectrogramSeparator:
-    """The experiment's model (untrained) at ``frames`` frames of context."""
+def separator_from_config(
+    path: Path, frames: int = FRAMES, **overrides: object
+) -> SpectrogramSeparator:
+    """The experiment's model (untrained, seed 0) at ``frames`` frames of context."""
     if not path.is_file():
         raise FileNotFoundError(f"experiment config {path} does not exist")
     config = yaml.safe_load(path.read_text())
@@ -72,6 +86,7 @@ def separator_from_config(path: Path, frames: int = FRAMES) -> SpectrogramSepara
         **model.get("init_args", {}),
         "rate": config.get("data", {}).get("rate", 32000),
         "context_frames": frames,
+        **overrides,
     }
     parser = ArgumentParser()
     parser.add_argument("--model", type=Separator)
@@ -82,12 +97,59 @@ def separator_from_config(path: Path, frames: int = FRAMES) -> SpectrogramSepara
     return separator.eval()
 
 
-def pruned_candidate(final: SpectrogramSeparator) -> Candidate | str:
-    """The final model with PSP, or why there is none (hook for ``nets/pruning.py``)."""
-    return "no pruning module in this build (lightning_modules/nets/pruning.py)"
+def net_macs(separator: SpectrogramSeparator) -> int:
+    """MACs of the separator's inference net (pruned channels removed) on one block."""
+    net = separator.net
+    net = remove_pruned_channels(net) if has_psp(net) else net
+    net = net.inference_net() if hasattr(net, "inference_net") else net
+    bins = separator.front_end.n_mels if separator.front_end is not None else N_FFT // 2
+    return count_macs(net, FRAMES, bins)
 
 
-def candidates() -> tuple[list[Candidate], dict[str, str]]:
+def prune_to_thesis_macs(separator: SpectrogramSeparator, unpruned_macs: int) -> float:
+    """Raise the threshold on the untrained (U[-1, 1]) structure parameters until the MAC
+    reduction reaches the thesis's trained run (Table 5.10); returns the threshold."""
+    low, high = 0.0, 1.0
+    for _ in range(8):  # bisection (to 1/256): the reduction grows with the threshold
+        middle = (low + high) / 2
+        set_threshold(separator.net, middle)
+        reduction = 1 - net_macs(separator) / unpruned_macs
+        low, high = (middle, high) if reduction < THESIS_PSP["macs_reduction"] else (low, middle)
+    set_threshold(separator.net, high)
+    return high
+
+
+def pruned_candidate(final: SpectrogramSeparator, checkpoint: Path | None) -> Candidate:
+    """The final model with PSP: a trained PSP run's checkpoint when given, else the final
+    model's structure pruned at random to the thesis's MAC reduction."""
+    if checkpoint is not None:
+        from lightning_modules.separate import load_separator
+
+        separator = load_separator(checkpoint)
+        if not has_psp(separator.net):
+            raise ValueError(f"{checkpoint} has no PSP structure parameters")
+        return Candidate(
+            "pruned",
+            separator,
+            str(checkpoint),
+            f"trained PSP run, threshold {get_threshold(separator.net):.3g}, "
+            f"sparsity {sparsity(separator.net):.1%}",
+        )
+    separator = separator_from_config(FINAL_CONFIG, pruning={"threshold": THESIS_PSP["threshold"]})
+    threshold = prune_to_thesis_macs(separator, net_macs(final))
+    return Candidate(
+        "pruned",
+        separator,
+        f"{FINAL_CONFIG} + PSP",
+        "NOT from a trained PSP run: the final model's untrained structure parameters "
+        f"(U[-1, 1], seed 0) thresholded at {threshold:.3f}, the threshold at which the MAC "
+        f"reduction reaches the thesis's {THESIS_PSP['macs_reduction']:.2%} (Table 5.10, "
+        f"epsilon 0.18); sparsity {sparsity(separator.net):.1%}; random channels, not "
+        "learned ones",
+    )
+
+
+def candidates(pruned_checkpoint: Path | None = None) -> tuple[list[Candidate], dict[str, str]]:
     found = [
         Candidate(
             "baseline",
@@ -102,11 +164,7 @@ def candidates() -> tuple[list[Candidate], dict[str, str]]:
         found.append(
             Candidate("final", final, str(FINAL_CONFIG), "Mel-MDenseNet-DC-NoDSConvs-BC, untrained")
         )
-        pruned = pruned_candidate(final)
-        if isinstance(pruned, str):
-            unavailable["pruned"] = pruned
-        else:
-            found.append(pruned)
+        found.append(pruned_candidate(final, pruned_checkpoint))
     else:
         unavailable["final"] = f"{FINAL_CONFIG} does not exist in this build"
         unavailable["pruned"] = "needs the final model"
@@ -121,13 +179,16 @@ def pipeline_macs(pipeline: SpectralPipeline, bins: int) -> int:
 
 
 def runners(
-    pipeline: SpectralPipeline, info, folder: Path
+    separator: SpectrogramSeparator, pipeline: SpectralPipeline, info, folder: Path
 ) -> dict[tuple[str, int], Callable[[], object]]:
-    """One timed call per (backend, threads), each on the same random block."""
+    """One timed call per (backend, threads), each on the same random block; the exported
+    graphs are checked against the PyTorch model first (a fast wrong graph proves nothing)."""
     block = np.random.default_rng(0).random((1, info.bins, FRAMES), dtype=np.float32)
     tensor = torch.from_numpy(block)
     onnx_path = export_onnx(pipeline, info, folder / "model.onnx")
     script_path = export_torchscript(pipeline, info, folder / "model.pt")
+    for path in (onnx_path, script_path):
+        check_export(separator, path, info)
     calls: dict[tuple[str, int], Callable[[], object]] = {}
     audio = np.random.default_rng(1).standard_normal(FRAMES * info.hop) * 0.1
     for threads in THREADS:
@@ -255,9 +316,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(out_dir: Path, rounds: int = 10, per_round: int = 2) -> dict:
+def run(
+    out_dir: Path, rounds: int = 10, per_round: int = 2, pruned_checkpoint: Path | None = None
+) -> dict:
     load_before = os.getloadavg()
-    found, unavailable = candidates()
+    print("building the models ...", flush=True)
+    found, unavailable = candidates(pruned_checkpoint)
     calls, models = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for candidate in found:
@@ -265,7 +329,9 @@ def run(out_dir: Path, rounds: int = 10, per_round: int = 2) -> dict:
             pipeline, info = inference_pipeline(candidate.separator, FRAMES, candidate.config)
             folder = Path(tmp) / candidate.name
             folder.mkdir()
-            for (backend, threads), call in runners(pipeline, info, folder).items():
+            for (backend, threads), call in runners(
+                candidate.separator, pipeline, info, folder
+            ).items():
                 calls[candidate.name, backend, threads] = call
             models[candidate.name] = {
                 "config": candidate.config,
@@ -297,6 +363,11 @@ def run(out_dir: Path, rounds: int = 10, per_round: int = 2) -> dict:
             "span_ms": 1000 * (info.n_fft + (FRAMES - 1) * info.hop) / rate,
         },
         "timing": {"rounds": rounds, "per_round": per_round, "warm_up_calls": 3},
+        "thesis": {
+            "block_ms": {"baseline": 26.0, "pruned": 4.0},
+            "machine": "Intel Core i7-8700B, 6 cores (Mac mini 2018), ONNX Runtime with DNNL",
+            "psp": THESIS_PSP,
+        },
         "models": models,
         "unavailable": unavailable,
         "rows": rows,
@@ -314,8 +385,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--pruned-checkpoint",
+        type=Path,
+        help="a trained PSP run to time as the pruned model (default: the final model's "
+        "structure pruned at random to the thesis's MAC reduction)",
+    )
     args = parser.parse_args()
-    run(args.out, args.rounds)
+    run(args.out, args.rounds, pruned_checkpoint=args.pruned_checkpoint)
 
 
 if __name__ == "__main__":

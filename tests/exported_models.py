@@ -37,6 +37,34 @@ def tiny_separator(**kwargs) -> SpectrogramSeparator:
     return randomise_statistics_(SpectrogramSeparator(net, **kwargs)).eval()
 
 
+def tiny_final_separator(pruned: bool = False) -> SpectrogramSeparator:
+    """The final model's kind at toy size: Mel front end (32 bins), full band only, no
+    down-sampling convs, bottleneck layers, Wiener-like mask; optionally with PSP and about a
+    third of its structures below the threshold."""
+    from lightning_modules.nets.pruning import set_threshold
+    from lightning_modules.psp import PSPConfig
+
+    torch.manual_seed(0)
+    net = MMDenseNet(
+        low=None,
+        high=None,
+        full=BandConfig(growth_rates=(4,) * 7, layers=(2,) * 7),
+        output_activation="sigmoid",
+        downsample_conv=False,
+        bottleneck_compression=True,
+    )
+    separator = SpectrogramSeparator(
+        net,
+        objective="mask",
+        mel_bins=32,
+        context_frames=8,
+        pruning=PSPConfig() if pruned else None,
+    )
+    if pruned:
+        set_threshold(separator.net, 0.35)
+    return randomise_statistics_(separator).eval()
+
+
 def tiny_checkpoint(path: Path, frames: int = 8) -> Path:
     """A checkpoint as the suite's LightningCLI writes it (class path and net config in the
     hyper-parameters), of a tiny baseline, without training."""

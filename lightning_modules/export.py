@@ -115,7 +115,7 @@ def inference_pipeline(
             f"{source or type(separator).__name__}: only spectrogram/mask models "
             f"(SpectrogramSeparator and subclasses) can be exported"
         )
-    frames = frames or separator.context_frames
+    frames = frames or separator.test_context  # the context it separates full tracks with
     model = copy.deepcopy(separator).eval()  # the caller's model keeps its heads and BNs
     # Lightning's switch for tracing a module without a Trainer (its properties then return
     # None instead of raising, which the tracers' attribute scans need).
@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of a trained run")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--out", help="output file (default: next to the checkpoint)")
-    parser.add_argument("--frames", type=int, help="frames per block (default: the model's)")
+    parser.add_argument(
+        "--frames", type=int, help="frames per block (default: the model's test context)"
+    )
     args = parser.parse_args(argv)
     from lightning_modules.separate import load_separator
 

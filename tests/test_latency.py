@@ -58,7 +58,21 @@ def test_markdown_states_the_load_and_what_was_not_measured() -> None:
 
 
 def test_time_rounds_keeps_all_but_the_first_call_of_each_round() -> None:
-    calls = {("a",): lambda: time.sleep(0.002), ("b",): lambda: None}
-    times = time_rounds(calls, rounds=3, per_round=2)
-    assert [len(v) for v in times.values()] == [6, 6]
-    assert min(times["a",]) >= 2.0 > max(times["b",])  # milliseconds
+    def spin() -> None:  # 5 ms of CPU
+        start = time.thread_time()
+        while time.thread_time() - start < 0.005:
+            pass
+
+    calls = {("sleep",): lambda: time.sleep(0.005), ("spin",): spin}
+    wall, cpu = time_rounds(calls, rounds=3, per_round=2)
+    assert [len(v) for v in wall.values()] == [6, 6] == [len(v) for v in cpu.values()]
+    assert min(wall["sleep",]) >= 5.0 and min(wall["spin",]) >= 5.0  # milliseconds
+    assert max(cpu["sleep",]) < 2.0 <= 5.0 <= min(cpu["spin",])  # waiting costs no CPU
+
+
+def test_cpu_times_are_reported_for_one_thread_only() -> None:
+    cpu = {key: [v / 2 for v in values] for key, values in _times().items()}
+    rows = {(r["model"], r["backend"], r["threads"]): r for r in summarise(_times(), 128.0, cpu)}
+    assert rows["final", "onnxruntime", 1]["cpu_median_ms"] == pytest.approx(4.05 / 2)
+    assert rows["final", "onnxruntime", 1]["cpu_speedup_vs_baseline"] == pytest.approx(26.5 / 4.05)
+    assert rows["pruned", "eager", 2]["cpu_median_ms"] is None

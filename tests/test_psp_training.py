@@ -17,7 +17,9 @@ from lightning_modules.nets.pruning import (
 )
 from lightning_modules.psp import PSPConfig
 from lightning_modules.separate import load_separator
-from sweeps.plots import epoch_metrics
+from lightning_modules.stats import count_macs, count_parameters
+from sweeps.plots import epoch_metrics, threshold_figure
+from sweeps.render import efficiency_columns
 from sweeps.runs import execute, resolve
 from sweeps.specs import compose, deep_merge, load_profile, load_table
 
@@ -96,3 +98,30 @@ def test_threshold_rises_after_training_and_the_best_checkpoint_is_fully_pruned(
         torch.testing.assert_close(
             model.heads(magnitude, plain)["main"], model(magnitude), atol=1e-5, rtol=1e-5
         )
+
+    # The tables count the pruned row on its removed network.
+    columns = efficiency_columns(resolve(config), 8, result["checkpoint"])
+    assert columns["Parameters"] == count_parameters(plain) < count_parameters(MMDenseNet())
+    assert columns["MACs"] == count_macs(plain, 8) < count_macs(MMDenseNet(), 8)
+    assert columns["Sparsity"] == pytest.approx(100 * sparsities[-1])
+
+
+def test_threshold_figure_is_drawn_from_rows_and_ramps(tmp_path) -> None:
+    rows = [
+        {"epsilon": 0.0, "sdr": 4.9, "sparsity": 0.0, "sdr_thesis": 4.91},
+        {
+            "epsilon": 0.18,
+            "sdr": 4.8,
+            "sparsity": 11.0,
+            "sdr_thesis": 4.86,
+            "sparsity_thesis": 11.53,
+        },
+    ]
+    ramp = {
+        "psp/threshold": {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.04},
+        "psp/sparsity": {0: 0.0, 1: 0.01, 2: 0.02, 3: 0.05},
+        "val/sdr": {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.0},
+    }
+    path = threshold_figure(rows, [ramp], tmp_path / "fig.png")
+    assert path.exists() and path.stat().st_size > 10_000
+    assert threshold_figure([], [], tmp_path / "none.png") is None

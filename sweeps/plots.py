@@ -107,8 +107,11 @@ def threshold_figure(
                 marker,
                 color=color,
                 markerfacecolor=color if fill else "none",
-                label=("ours (test)" if fill else "thesis") + (" SDR" if "sdr" in key else ""),
+                label=f"{'ours (test)' if fill else 'thesis'} {key.split('_')[0]}",
             )
+    handles = sdr_ax.get_legend_handles_labels()[0] + sparsity_ax.get_legend_handles_labels()[0]
+    if handles:
+        sdr_ax.legend(handles=handles, fontsize=7, loc="lower left")
     sdr_ax.set(xlabel="pruning threshold epsilon", ylabel="median SDR [dB]")
     sparsity_ax.set_ylabel("sparsity [%] (squares)")
     sdr_ax.set_title(

@@ -68,7 +68,7 @@ def _psp_threshold_figure(
                 "sdr": values.get("SDR"),
                 "sparsity": values.get("Sparsity"),
                 "sdr_thesis": plan.row.published.get("SDR"),
-                "sparsity_thesis": plan.row.published.get("Sparsity") or (None if pruning else 0.0),
+                "sparsity_thesis": plan.row.published.get("Sparsity"),
             }
         )
         if m and pruning:

@@ -37,7 +37,10 @@ EFFICIENCY = ("Parameters", "MACs", "Sparsity")
 # Figures a run writes about itself during test -> (file suffix next to the table, caption).
 RUN_FIGURES = {
     "embeddings_pca.png": ("embeddings", "Embeddings of '{label}' (PCA)"),
-    "oracle_masks.png": ("spectrograms", "Oracle estimates of '{label}', linear vs Mel mask"),
+    "oracle_masks.png": (
+        "spectrograms",
+        "Oracle vocals of '{label}': linear mask (a) vs Mel mask (b), thesis Fig. 5.3",
+    ),
 }
 
 
@@ -47,8 +50,10 @@ def _mel_filterbank_figure(spec: TableSpec, path: Path) -> Path:
     return mel_filterbank_figure(mel_filterbank(rate, 128, dtype=torch.float64), rate, path)
 
 
-# Table-level figures a spec names under ``figures:`` (they need no run).
-TABLE_FIGURES = {"mel_filterbank": _mel_filterbank_figure}
+# Table-level figures a spec names under ``figures:`` (they need no run): (writer, caption).
+TABLE_FIGURES = {
+    "mel_filterbank": (_mel_filterbank_figure, "The 128 Mel filters (thesis Fig. 5.2)"),
+}
 
 
 def _psp_threshold_figure(
@@ -77,7 +82,12 @@ def _psp_threshold_figure(
 
 
 # Figures drawn from the table's finished rows, named under ``figures:`` like the above.
-RESULT_FIGURES = {"psp_threshold": _psp_threshold_figure}
+RESULT_FIGURES = {
+    "psp_threshold": (
+        _psp_threshold_figure,
+        "SDR and sparsity against the pruning threshold (thesis Fig. 5.7)",
+    ),
+}
 
 
 def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, float]]:
@@ -212,14 +222,16 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
     for name in spec.figures:
         path = out_dir / f"table-{spec.id}-{name}.png"
         if name in RESULT_FIGURES:
-            figure = RESULT_FIGURES[name](spec, plans, measured, path)
+            write_from_rows, caption = RESULT_FIGURES[name]
+            figure = write_from_rows(spec, plans, measured, path)
         elif name in TABLE_FIGURES:
-            figure = TABLE_FIGURES[name](spec, path)
+            write, caption = TABLE_FIGURES[name]
+            figure = write(spec, path)
         else:
             known = sorted([*TABLE_FIGURES, *RESULT_FIGURES])
             raise ValueError(f"{spec.path}: unknown figure '{name}' ({known})")
         if figure is not None:
-            md += ["", f"Figure '{name}': ![{name}]({figure.name})"]
+            md += ["", f"{caption}: ![{name}]({figure.name})"]
     for plan, m in zip(plans, measured, strict=True):
         for filename, (suffix, caption) in RUN_FIGURES.items():
             # thesis Fig. 4.10 (chimera models) and 5.3 (Mel oracle), written during test

@@ -116,6 +116,15 @@ class ThresholdSchedule(Callback):
         if self.train_epochs is not None and self.train_epochs >= 0:
             trainer.fit_loop.max_epochs = self.train_epochs + self.config.ramp_epochs
 
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epsilon = get_threshold(pl_module.net)
+        if not math.isclose(epsilon, self.config.threshold, abs_tol=1e-6):
+            raise RuntimeError(
+                f"the tested PSP model has threshold {epsilon:.4f}, not the configured "
+                f"{self.config.threshold}: its training stopped before the ramp reached it "
+                "(a checkpoint from before the final threshold)"
+            )
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.pending:
             set_threshold(pl_module.net, self.config.epsilon(self.rises))
@@ -129,7 +138,8 @@ class ThresholdSchedule(Callback):
         pl_module.log("psp/threshold", epsilon)
         pl_module.log("psp/sparsity", sparsity(net))
         loss = float(trainer.callback_metrics["val/loss"])
-        at_target = epsilon >= self.config.epsilon(self.config.rises)
+        # Counted in rises, not by comparing epsilon: the float32 buffer holds 0.22 as 0.2199...
+        at_target = self.rises >= self.config.rises and not self.pending
         pl_module.log(PRUNED_LOSS, loss if at_target else math.inf)
         # Decided here, before the checkpoint callbacks save this epoch (on_validation_end),
         # so a resumed run continues with the same decision.

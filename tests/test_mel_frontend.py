@@ -165,3 +165,20 @@ def test_stats_count_a_mel_network_on_mel_bins() -> None:
     linear = network_stats({"model": {"init_args": {"net": net}}}, 8)
     assert mel["params"] == linear["params"] == 257_953
     assert linear["macs"] == pytest.approx(8 * mel["macs"], rel=1e-3)  # 1024 vs 128 bins
+
+
+# -- figures 5.2 and 5.3 ---------------------------------------------------------------------------
+
+
+def test_mel_filterbank_figure_and_oracle_mask_figure_are_written(tmp_path) -> None:
+    from lightning_modules.figures import mel_filterbank_figure
+    from lightning_modules.oracle import OracleMaskSeparator
+
+    path = mel_filterbank_figure(mel_filterbank(32000, 128), 32000, tmp_path / "mel.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randn(4, 32000 * 2, generator=generator)  # four MUSDB sources, 2 s
+    batch = {"mixture": targets.sum(0), "targets": targets, "name": "t"}
+    model = OracleMaskSeparator(mel_bins=128)
+    path = model.plot_masks(batch, tmp_path / "oracle_masks.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -228,7 +230,7 @@ def test_a_new_layer_type_needs_only_a_rule_and_loses_unread_producer_maps() -> 
         torch.testing.assert_close(plain(x), layer(x))
 
 
-def test_final_chapter_5_net_with_bottlenecks_and_no_downsampling_convs() -> None:
+def test_final_chapter_5_net_with_bottlenecks_and_no_downsampling_convs(tmp_path) -> None:
     """Mel-MDenseNet-DC-NoDSConvs-BC's inference net (full band, k=18, L=4): bottleneck
     layers lose the compress maps their 3x3 conv no longer reads."""
     net = MMDenseNet(
@@ -256,6 +258,13 @@ def test_final_chapter_5_net_with_bottlenecks_and_no_downsampling_convs() -> Non
         torch.testing.assert_close(plain(x), net(x), atol=1e-5, rtol=1e-5)
     assert count_parameters(plain) < 0.9 * reference_params
     assert count_macs(plain, FRAMES, bins=128) < 0.85 * reference_macs
+    # What the export code will do with it: trace, and ONNX (TorchScript-based exporter).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the nets' shape checks
+        traced = torch.jit.trace(plain, x)
+        torch.onnx.export(plain, (x,), tmp_path / "pruned.onnx", dynamo=False)
+    torch.testing.assert_close(traced(x), plain(x))
+    assert (tmp_path / "pruned.onnx").stat().st_size > 4 * count_parameters(plain)
 
 
 def test_a_conv_with_every_input_pruned_keeps_its_output_shape() -> None:

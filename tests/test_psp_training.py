@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,14 +11,18 @@ import torch
 from lightning_modules import SpectrogramSeparator
 from lightning_modules.nets import MMDenseNet
 from lightning_modules.nets.pruning import (
+    add_psp,
     get_threshold,
     remove_pruned_channels,
+    set_threshold,
     sparsity,
     structure_parameters,
 )
-from lightning_modules.psp import PSPConfig
+from lightning_modules.psp import PSPConfig, ThresholdSchedule
 from lightning_modules.separate import load_separator
-from sweeps.plots import epoch_metrics
+from lightning_modules.stats import count_macs, count_parameters
+from sweeps.plots import epoch_metrics, threshold_figure
+from sweeps.render import efficiency_columns
 from sweeps.runs import execute, resolve
 from sweeps.specs import compose, deep_merge, load_profile, load_table
 
@@ -52,6 +57,47 @@ def test_structure_parameters_have_their_own_decoupled_decay_group() -> None:
     assert any(p is original for p in groups[0]["params"])
     optimizer = model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)  # decoupled weight decay
+
+
+class _FakeModule:
+    def __init__(self) -> None:
+        self.net = add_psp(MMDenseNet())
+        self.logged: dict[str, list[float]] = {}
+
+    def log(self, name: str, value: float) -> None:
+        self.logged.setdefault(name, []).append(float(value))
+
+
+def test_schedule_waits_for_a_plateau_then_ramps_to_an_exact_final_threshold() -> None:
+    """epsilon = 0.22 is 0.2199... in the float32 buffer: the final epochs must still count."""
+    config = PSPConfig(threshold=0.22, step=0.02, fine_tune_epochs=2, patience=2)
+    schedule, module = ThresholdSchedule(config), _FakeModule()
+    trainer = SimpleNamespace(
+        sanity_checking=False, callback_metrics={}, current_epoch=0, should_stop=False
+    )
+    schedule.train_epochs = 100
+    losses = [1.0, 0.8, 0.7, 0.7, 0.71] + [0.6] * 40  # plateau: 2 epochs without a new best
+    epoch = 0
+    while not trainer.should_stop:
+        trainer.current_epoch = epoch
+        schedule.on_train_epoch_start(trainer, module)
+        trainer.callback_metrics = {"val/loss": torch.tensor(losses[epoch])}
+        schedule.on_validation_epoch_end(trainer, module)
+        epoch += 1
+    thresholds = module.logged["psp/threshold"]
+    # saturated after epoch 4 (epochs 3 and 4 bring no new best), then 0.02 per 2 epochs
+    assert thresholds[:5] == [0.0] * 5
+    assert thresholds[5:8] == pytest.approx([0.02, 0.02, 0.04])
+    assert len(thresholds) == 5 + 11 * 2 and thresholds[-2:] == pytest.approx([0.22, 0.22])
+    pruned = module.logged["val/pruned_loss"]
+    assert all(math.isinf(v) for v in pruned[:-2]) and pruned[-2:] == pytest.approx([0.6, 0.6])
+    state = schedule.state_dict()
+    assert state["phase"] == "done" and state["rises"] == 11
+    module.net.eval()
+    schedule.on_test_start(trainer, module)  # at the configured threshold: fine
+    set_threshold(module.net, 0.2)
+    with pytest.raises(RuntimeError, match="before the ramp reached it"):
+        schedule.on_test_start(trainer, module)
 
 
 SHORT = {
@@ -96,3 +142,42 @@ def test_threshold_rises_after_training_and_the_best_checkpoint_is_fully_pruned(
         torch.testing.assert_close(
             model.heads(magnitude, plain)["main"], model(magnitude), atol=1e-5, rtol=1e-5
         )
+
+    # The tables count the pruned row on its removed network.
+    columns = efficiency_columns(resolve(config), 8, result["checkpoint"])
+    assert columns["Parameters"] == count_parameters(plain) < count_parameters(MMDenseNet())
+    assert columns["MACs"] == count_macs(plain, 8) < count_macs(MMDenseNet(), 8)
+    assert columns["Sparsity"] == pytest.approx(100 * sparsities[-1])
+
+
+def test_threshold_figure_is_drawn_from_rows_and_ramps(tmp_path) -> None:
+    rows = [
+        {"epsilon": 0.0, "sdr": 4.9, "sparsity": 0.0, "sdr_thesis": 4.91},
+        {
+            "epsilon": 0.18,
+            "sdr": 4.8,
+            "sparsity": 11.0,
+            "sdr_thesis": 4.86,
+            "sparsity_thesis": 11.53,
+        },
+    ]
+    ramp = {
+        "psp/threshold": {0: 0.0, 1: 0.02, 2: 0.02, 3: 0.04},
+        "psp/sparsity": {0: 0.0, 1: 0.01, 2: 0.02, 3: 0.05},
+        "val/sdr": {0: 3.0, 1: 3.1, 2: 3.2, 3: 3.0},
+    }
+    path = threshold_figure(rows, [ramp], tmp_path / "fig.png")
+    assert path.exists() and path.stat().st_size > 10_000
+    assert threshold_figure([], [], tmp_path / "none.png") is None
+
+
+def test_table_5_10_published_deltas_are_the_thesis_printed_ones() -> None:
+    """Table 5.10 prints -6.52 % MACs, -5.24 % parameters and -1.02 % SDR."""
+    from sweeps.render import relative_change
+
+    spec = load_table("5.10")
+    reference = next(r for r in spec.rows if r.label == spec.relative_to).published
+    pruned = next(r for r in spec.rows if r.label != spec.relative_to).published
+    printed = {"MACs": -6.52, "Parameters": -5.24, "SDR": -1.02}
+    for column, delta in printed.items():
+        assert relative_change(pruned[column], reference[column]) == pytest.approx(delta, abs=0.01)

@@ -3,8 +3,10 @@
 #   make table-4.3 LOGGER=wandb   the same, plus one offline W&B run per row (see the README)
 #   make test                 the test suite (CPU, no network)
 #   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
+#   make separate IN=song.wav MODEL=model.onnx OUT=separated      (an exported model, streamed)
+#   make export CKPT=runs/<hash>/checkpoints/best.ckpt FORMAT=onnx|torchscript [OUT=model.onnx]
 #   make stats EXP=experiments/mmdensenet/baseline.yaml FRAMES=64
-#   make bench                data-loading benchmark -> results/bench/
+#   make bench                data-loading and latency benchmarks -> results/bench/
 #   make sweep-4.3 EXECUTOR=local|slurm WORKERS=4 STORAGE=postgresql://...   a table by n workers
 #   make hpo-random-search EXECUTOR=slurm WORKERS=8                            a search space
 #   make dashboard STORAGE=...                                                 optuna-dashboard
@@ -16,7 +18,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?=
 LOGGER ?=
 RUNS ?= runs
-OUT ?= separated
+FORMAT ?= onnx
 FRAMES ?= 64
 EXP ?= experiments/mmdensenet/baseline.yaml
 PYTEST_ARGS ?=
@@ -31,7 +33,7 @@ SWEEP_ARGS = $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) \
 	--executor $(EXECUTOR) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
 	$(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG)) $(foreach s,$(SLURM),--slurm $(s))
 
-.PHONY: setup test test-fast lint separate stats bench list-tables clean-runs dashboard
+.PHONY: setup test test-fast lint separate export stats bench list-tables clean-runs dashboard
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,11 +73,16 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 separate: setup
-	@test -n "$(IN)" -a -n "$(CKPT)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> [OUT=<dir>]"; exit 2; }
-	$(PY) -m lightning_modules.separate --input "$(IN)" --checkpoint "$(CKPT)" --out "$(OUT)"
+	@test -n "$(IN)" -a -n "$(CKPT)$(MODEL)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> | MODEL=<model.onnx|model.pt> [OUT=<dir>]"; exit 2; }
+	$(PY) -m lightning_modules.separate --input "$(IN)" $(if $(MODEL),--model "$(MODEL)",--checkpoint "$(CKPT)") --out "$(or $(OUT),separated)"
+
+export: setup
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [FORMAT=onnx|torchscript] [OUT=<file>]"; exit 2; }
+	$(PY) -m lightning_modules.export --checkpoint "$(CKPT)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
 stats: setup
 	@$(PY) -m lightning_modules.stats --config "$(EXP)" --frames $(FRAMES)
 
 bench: setup
 	$(PY) -m datamodules.benchmark --out results/bench
+	$(PY) -m lightning_modules.latency --out results/bench

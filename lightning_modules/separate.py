@@ -1,8 +1,10 @@
-"""Split a song into vocals and accompaniment with a trained checkpoint.
+"""Split a song into vocals and accompaniment with a trained checkpoint or an exported model.
 
 ``python -m lightning_modules.separate --input song.wav --checkpoint best.ckpt --out DIR`` (or
 ``make separate IN=... CKPT=... OUT=...``) writes ``DIR/<song>_vocals.wav`` and
 ``DIR/<song>_accompaniment.wav`` at the input's sample rate (mono, as the models are).
+``--model model.onnx`` (``make separate IN=... MODEL=...``) instead streams the song through an
+exported model (``make export``) in blocks, as ``lightning_modules.stream`` does.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ def separate_file(model: Separator, input_path: str | Path, out_dir: str | Path)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="audio file (wav, flac, ogg, ...)")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a trained run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint of a trained run")
+    source.add_argument("--model", help="an exported model (.onnx or TorchScript .pt)")
     parser.add_argument("--out", default="separated", help="output folder")
     args = parser.parse_args(argv)
     try:
-        model = load_separator(args.checkpoint)
-        written = separate_file(model, args.input, args.out)
+        if args.model is not None:
+            from lightning_modules.stream import separate_file as stream_file
+
+            written = stream_file(args.model, args.input, args.out)
+        else:
+            written = separate_file(load_separator(args.checkpoint), args.input, args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ in parallel processes while the next track is separated; one museval JSON per tr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -137,11 +138,16 @@ class Separator(L.LightningModule):
             self.log(f"test/{metric}", float(value), sync_dist=True)
 
 
-def split_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups of thesis 3.3.4: weight decay on weights, not on biases nor BatchNorm."""
+def split_decay_groups(
+    module: nn.Module, weight_decay: float, exclude: Iterable[nn.Parameter] = ()
+) -> list[dict]:
+    """AdamW groups of thesis 3.3.4: weight decay on weights, not on biases nor BatchNorm.
+    Parameters in ``exclude`` are left out: they get a group of their own (PSP's structure
+    parameters, thesis 5.4.2)."""
+    excluded = {id(p) for p in exclude}
     decay, no_decay = [], []
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad or id(parameter) in excluded:
             continue
         is_norm_or_bias = parameter.ndim <= 1 or name.endswith(".bias")
         (no_decay if is_norm_or_bias else decay).append(parameter)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from datamodules.sampler import targets_from_sources
@@ -24,6 +25,8 @@ from lightning_modules.dsp import (
     wiener_like_mask,
 )
 from lightning_modules.frontend import MelFrontEnd
+from lightning_modules.nets.pruning import add_psp, structure_parameters
+from lightning_modules.psp import PSPConfig, ThresholdSchedule
 from lightning_modules.separator import Separator, split_decay_groups
 
 # The network is injected as an nn.Module; LightningCLI stores its config in the checkpoint
@@ -118,6 +121,11 @@ class SpectrogramSeparator(Separator):
             "learned_mask" on the linear magnitudes through the interpolated mask (the SA
             re-training of Table 5.5).
         test_context_frames, test_only: see ``Separator``.
+        pruning: Parameterized Structured Pruning (thesis 5.4, ``PSPConfig``): structure
+            parameters on the network's input channels, their own AdamW group, and the
+            threshold schedule as a callback of this module (so profiles that replace the
+            trainer's callbacks keep it). Checkpoints hold the structure parameters and the
+            threshold; ``nets.pruning.remove_pruned_channels(model.net)`` gives the small model.
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class SpectrogramSeparator(Separator):
         mel_bins: int | None = None,
         test_context_frames: int | None = None,
         test_only: bool = False,
+        pruning: PSPConfig | None = None,
     ) -> None:
         super().__init__(
             rate, context_frames, eval_workers, init_from, test_context_frames, test_only
@@ -166,6 +175,9 @@ class SpectrogramSeparator(Separator):
                 )
             self.front_end = MelFrontEnd(rate, mel_bins)
         self.net = net
+        self.pruning = pruning
+        if pruning is not None:
+            add_psp(net, include_transposed=pruning.include_transposed)
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]
         if normalize_input:
             bins = N_FFT // 2
@@ -337,9 +349,21 @@ class SpectrogramSeparator(Separator):
         self.log("test/loss", loss, batch_size=1, sync_dist=True)
         self.submit_for_evaluation(batch, self._to_vocals(target, batch["mixture"]))
 
+    def parameter_groups(self) -> list[dict]:
+        """Thesis 3.3.4's AdamW groups, plus PSP's structure parameters with their own
+        (decoupled) weight decay, thesis 5.4.2."""
+        if self.pruning is None:
+            return split_decay_groups(self, self.hparams.weight_decay)
+        alphas = structure_parameters(self.net)
+        groups = split_decay_groups(self, self.hparams.weight_decay, exclude=alphas)
+        return [*groups, {"params": alphas, "weight_decay": self.pruning.weight_decay}]
+
+    def configure_callbacks(self) -> list[Callback]:
+        return [] if self.pruning is None else [ThresholdSchedule(self.pruning)]
+
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(
-            split_decay_groups(self, self.hparams.weight_decay),
+            self.parameter_groups(),
             lr=self.hparams.lr,
             eps=self.hparams.eps,
         )

@@ -19,6 +19,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_modules.dsp import N_FFT
+from lightning_modules.nets.pruning import has_psp, remove_pruned_channels, sparsity
+from lightning_modules.separate import load_separator
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -58,6 +60,28 @@ def network_stats(config: dict, frames: int) -> dict[str, int]:
         net = net.inference_net()
     bins = config["model"]["init_args"].get("mel_bins") or N_FFT // 2
     return {"params": count_parameters(net), "macs": count_macs(net, frames, bins)}
+
+
+def trained_network_stats(checkpoint: str | Path, frames: int) -> dict[str, float]:
+    """Parameters, MACs and sparsity of a trained model's inference network, for what depends
+    on training: a PSP network is counted after ``remove_pruned_channels`` (its pruned input
+    channels physically removed), and ``sparsity`` is pruned / all structures (0 without PSP).
+    """
+    model = load_separator(checkpoint)
+    net = model.net
+    psp = has_psp(net)
+    fraction = sparsity(net) if psp else 0.0
+    if psp:
+        net = remove_pruned_channels(net)
+    elif hasattr(net, "inference_net"):
+        net = net.inference_net()
+    front_end = getattr(model, "front_end", None)
+    bins = front_end.n_mels if front_end is not None else N_FFT // 2
+    return {
+        "params": count_parameters(net),
+        "macs": count_macs(net, frames, bins),
+        "sparsity": fraction,
+    }
 
 
 def main() -> None:

@@ -60,3 +60,67 @@ def training_curves(runs: list[tuple[str, Path]], out_path: Path) -> Path | None
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def threshold_figure(
+    rows: list[dict],
+    ramps: list[dict[str, dict[int, float]]],
+    out_path: Path,
+) -> Path | None:
+    """Thesis Fig. 5.7: SDR and sparsity against the pruning threshold epsilon.
+
+    ``rows``: one dict per table row with ``epsilon`` and, when known, ``sdr``/``sparsity``
+    (ours, test median SDR and percent) and ``sdr_thesis``/``sparsity_thesis``. ``ramps``: the
+    per-epoch metrics of PSP runs; the last validation SDR and sparsity at each threshold of
+    the ramp are drawn as thin lines (validation chunks, not the test set)."""
+    if not rows and not ramps:
+        return None
+    fig, sdr_ax = plt.subplots(figsize=(7, 4))
+    sparsity_ax = sdr_ax.twinx()
+    for metrics in ramps:
+        thresholds = metrics.get("psp/threshold", {})
+        last: dict[float, int] = {}
+        for epoch in sorted(thresholds):
+            last[round(thresholds[epoch], 6)] = epoch  # the last epoch at each threshold
+        eps = sorted(last)
+        for ax, name, color in (
+            (sdr_ax, "val/sdr", "C0"),
+            (sparsity_ax, "psp/sparsity", "C1"),
+        ):
+            series = metrics.get(name, {})
+            points = [(e, series[last[e]]) for e in eps if last[e] in series]
+            if name == "psp/sparsity":
+                points = [(e, 100 * v) for e, v in points]
+            points = [(e, v) for e, v in points if math.isfinite(v)]
+            if points:
+                ax.plot(*zip(*points, strict=True), "-", lw=0.8, color=color, alpha=0.5)
+    for key, ax, color, marker, fill in (
+        ("sdr", sdr_ax, "C0", "o", True),
+        ("sparsity", sparsity_ax, "C1", "s", True),
+        ("sdr_thesis", sdr_ax, "C0", "o", False),
+        ("sparsity_thesis", sparsity_ax, "C1", "s", False),
+    ):
+        points = sorted((r["epsilon"], r[key]) for r in rows if r.get(key) is not None)
+        if points:
+            ax.plot(
+                *zip(*points, strict=True),
+                marker,
+                color=color,
+                markerfacecolor=color if fill else "none",
+                label=f"{'ours (test)' if fill else 'thesis'} {key.split('_')[0]}",
+            )
+    handles = sdr_ax.get_legend_handles_labels()[0] + sparsity_ax.get_legend_handles_labels()[0]
+    if handles:
+        sdr_ax.legend(handles=handles, fontsize=7, loc="lower left")
+    sdr_ax.set(xlabel="pruning threshold epsilon", ylabel="median SDR [dB]")
+    sparsity_ax.set_ylabel("sparsity [%] (squares)")
+    sdr_ax.set_title(
+        "SDR (circles) and sparsity (squares); filled: ours, hollow: thesis; "
+        "lines: validation along the ramp",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

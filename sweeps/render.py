@@ -22,9 +22,9 @@ import yaml
 from lightning_modules.dsp import mel_filterbank
 from lightning_modules.evaluation import aggregate
 from lightning_modules.figures import mel_filterbank_figure
-from lightning_modules.stats import network_stats
+from lightning_modules.stats import network_stats, trained_network_stats
 from sweeps.plan import RowPlan
-from sweeps.plots import training_curves
+from sweeps.plots import epoch_metrics, threshold_figure, training_curves
 from sweeps.runs import load_result
 from sweeps.specs import REPO, TableSpec
 
@@ -33,6 +33,7 @@ PROVENANCE = ("commit", "data", "profile", "device", "date")
 STATISTICS = ("median", "mad", "mean", "std")
 STATISTIC_NAMES = {"median": "median", "mad": "MAD", "mean": "mean", "std": "std"}
 BSS_METRICS = ("SDR", "SIR", "SAR", "ISR", "PES", "EPS")
+EFFICIENCY = ("Parameters", "MACs", "Sparsity")
 # Figures a run writes about itself during test -> (file suffix next to the table, caption).
 RUN_FIGURES = {
     "embeddings_pca.png": ("embeddings", "Embeddings of '{label}' (PCA)"),
@@ -55,6 +56,40 @@ TABLE_FIGURES = {
 }
 
 
+def _psp_threshold_figure(
+    spec: TableSpec, plans: list[RowPlan], measured: list[dict | None], path: Path
+) -> Path | None:
+    """Thesis Fig. 5.7 from the rows: SDR and sparsity per pruning threshold (0 without PSP),
+    ours beside the thesis's, and the validation ramps of the finished PSP runs."""
+    rows, ramps = [], []
+    for plan, m in zip(plans, measured, strict=True):
+        if not plan.runnable:
+            continue
+        pruning = plan.resolved["model"]["init_args"].get("pruning")
+        values = m["values"] if m else {}
+        rows.append(
+            {
+                "epsilon": pruning["threshold"] if pruning else 0.0,
+                "sdr": values.get("SDR"),
+                "sparsity": values.get("Sparsity"),
+                "sdr_thesis": plan.row.published.get("SDR"),
+                "sparsity_thesis": plan.row.published.get("Sparsity"),
+            }
+        )
+        if m and pruning:
+            ramps.append(epoch_metrics(plan.run_dir))
+    return threshold_figure(rows, ramps, path)
+
+
+# Figures drawn from the table's finished rows, named under ``figures:`` like the above.
+RESULT_FIGURES = {
+    "psp_threshold": (
+        _psp_threshold_figure,
+        "SDR and sparsity against the pruning threshold (thesis Fig. 5.7)",
+    ),
+}
+
+
 def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, float]]:
     """Statistics over tracks, recomputed from the run's per-track museval JSON files."""
     files = sorted((run_dir / "museval").glob("*.json"))
@@ -63,12 +98,25 @@ def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, flo
     return aggregate([json.loads(f.read_text()) for f in files], target=target)
 
 
-def efficiency_columns(resolved: dict[str, Any], frames: int) -> dict[str, int]:
-    """Parameters and MACs of the row's network, as ``make stats`` counts them."""
+def efficiency_columns(
+    resolved: dict[str, Any], frames: int, checkpoint: str | None = None
+) -> dict[str, float]:
+    """Parameters and MACs of the row's network, as ``make stats`` counts them, and its
+    Sparsity in percent. A pruned (PSP) row's numbers depend on its training: they are
+    counted on its trained network after ``remove_pruned_channels`` (``checkpoint``)."""
     if resolved["model"]["init_args"].get("net") is None:
         return {}
-    stats = network_stats(resolved, frames)
-    return {"Parameters": stats["params"], "MACs": stats["macs"]}
+    if resolved["model"]["init_args"].get("pruning") is None:
+        stats = network_stats(resolved, frames)
+        return {"Parameters": stats["params"], "MACs": stats["macs"], "Sparsity": 0.0}
+    if not checkpoint:
+        raise ValueError("a pruned row is counted on its trained checkpoint; the run has none")
+    stats = trained_network_stats(checkpoint, frames)
+    return {
+        "Parameters": stats["params"],
+        "MACs": stats["macs"],
+        "Sparsity": 100.0 * stats["sparsity"],
+    }
 
 
 def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
@@ -83,11 +131,12 @@ def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
             values[column] = scores[column]["median"]
         elif column == "Loss":
             values[column] = result["test_metrics"].get("test/loss")
-    if {"Parameters", "MACs"} & set(spec.columns):
+    if set(EFFICIENCY) & set(spec.columns):
         # The network runs at the test context (Table 5.2: MACs per context size).
         test_context = resolved["model"]["init_args"].get("test_context_frames")
         frames = spec.stats_frames or test_context or resolved["data"]["context_frames"]
-        values.update(efficiency_columns(resolved, frames))
+        efficiency = efficiency_columns(resolved, frames, result.get("checkpoint"))
+        values.update({k: v for k, v in efficiency.items() if k in spec.columns})
     return {"values": values, "scores": scores, "result": result}
 
 
@@ -98,6 +147,8 @@ def _fmt(column: str, value: Any) -> str:
         return f"{value / 1e3:,.3f}K"
     if column == "MACs":
         return f"{value / 1e9:.3f}G" if value >= 1e9 else f"{value / 1e6:.3f}M"
+    if column == "Sparsity":
+        return f"{value:.2f}%"
     return f"{value:.3f}" if column == "Loss" else f"{value:.2f}"
 
 
@@ -169,11 +220,18 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
     if curves:
         md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
     for name in spec.figures:
-        if name not in TABLE_FIGURES:
-            raise ValueError(f"{spec.path}: unknown figure '{name}' ({sorted(TABLE_FIGURES)})")
-        write, caption = TABLE_FIGURES[name]
-        figure = write(spec, out_dir / f"table-{spec.id}-{name}.png")
-        md += ["", f"{caption}: ![{name}]({figure.name})"]
+        path = out_dir / f"table-{spec.id}-{name}.png"
+        if name in RESULT_FIGURES:
+            write_from_rows, caption = RESULT_FIGURES[name]
+            figure = write_from_rows(spec, plans, measured, path)
+        elif name in TABLE_FIGURES:
+            write, caption = TABLE_FIGURES[name]
+            figure = write(spec, path)
+        else:
+            known = sorted([*TABLE_FIGURES, *RESULT_FIGURES])
+            raise ValueError(f"{spec.path}: unknown figure '{name}' ({known})")
+        if figure is not None:
+            md += ["", f"{caption}: ![{name}]({figure.name})"]
     for plan, m in zip(plans, measured, strict=True):
         for filename, (suffix, caption) in RUN_FIGURES.items():
             # thesis Fig. 4.10 (chimera models) and 5.3 (Mel oracle), written during test

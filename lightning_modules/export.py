@@ -1,0 +1,253 @@
+"""Export a trained separator's spectral pipeline as one graph (TorchScript or ONNX).
+
+``python -m lightning_modules.export --checkpoint best.ckpt --format onnx [--out model.onnx]``
+(or ``make export CKPT=... FORMAT=onnx|torchscript [OUT=...]``).
+
+The exported graph maps one block of mixture magnitude frames (batch 1) to the vocal (or the
+model's target's) magnitude estimate, ``(1, 1024, frames) -> (1, 1024, frames)``, and holds
+everything between the STFT and the iSTFT: input scaling and normalisation, the Mel
+projection of Mel models, the network, the output gain, the mask (and its interpolation back
+to linear bins) applied to the mixture magnitude. It is the separator's own
+``estimate_magnitude``, traced, so it cannot drift from what the model computes in PyTorch.
+STFT and iSTFT stay outside (in the streaming loop), where the phase and the overlap-add live.
+
+Before export the network is made an inference network:
+  1. training-only heads dropped (``inference_net()`` of multi-head nets);
+  2. PSP structure parameters fused and pruned channels removed (``remove_pruned_channels``),
+     when the net has parameterized structured pruning;
+  3. every BatchNorm that directly follows a conv folded into it (``nets/fold.py``: the
+     bottleneck layers' Conv1x1 -> BN; the baseline's pre-activation BNs cannot be folded).
+The export is checked against the PyTorch model on random input before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_modules.dsp import HOP, N_FFT
+from lightning_modules.nets.fold import fold_batchnorm
+from lightning_modules.nets.pruning import has_psp, remove_pruned_channels
+from lightning_modules.spectrogram import SpectrogramSeparator
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+METADATA_KEY = "mss_export"  # ONNX metadata_props key / TorchScript extra file name
+INPUT_NAME, OUTPUT_NAME = "mixture_magnitude", "target_magnitude"
+#: An export whose output differs more than this from the PyTorch model is refused.
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportInfo:
+    """What a runtime needs to use an exported graph, stored inside the exported file."""
+
+    rate: int
+    frames: int
+    target: str  # "vocals", or "accompaniment" (vocals = mixture - estimate)
+    n_fft: int = N_FFT
+    hop: int = HOP
+    bins: int = N_FFT // 2
+    parameters: int = 0
+    folded_batchnorms: list[str] = field(default_factory=list)
+    pruned: bool = False
+    source: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ExportInfo:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: unreadable export metadata: {error}") from error
+
+
+class SpectralPipeline(nn.Module):
+    """``(B, bins, frames)`` mixture magnitude -> ``(B, bins, frames)`` target magnitude:
+    the separator's ``estimate_magnitude`` with its network swapped for the inference net."""
+
+    def __init__(self, separator: SpectrogramSeparator) -> None:
+        super().__init__()
+        self.separator = separator
+
+    def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+        return self.separator.estimate_magnitude(magnitude)
+
+
+def remove_pruning(net: nn.Module) -> tuple[nn.Module, bool]:
+    """Fuse PSP's structure parameters and drop pruned channels, when the net has PSP."""
+    if not has_psp(net):
+        return net, False
+    return remove_pruned_channels(net), True
+
+
+def _net_input(separator: SpectrogramSeparator, frames: int) -> torch.Tensor:
+    """The tensor the network sees for a ``(1, bins, frames)`` magnitude (Mel models see
+    fewer bins), captured with a hook so the separator's own front end decides."""
+    seen: list[torch.Tensor] = []
+    handle = separator.net.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            separator.estimate_magnitude(torch.rand(1, N_FFT // 2, frames))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def inference_pipeline(
+    separator: SpectrogramSeparator, frames: int | None = None, source: str = ""
+) -> tuple[SpectralPipeline, ExportInfo]:
+    """The exportable pipeline of ``separator`` (left untouched) and its metadata."""
+    if not isinstance(separator, SpectrogramSeparator):
+        raise ValueError(
+            f"{source or type(separator).__name__}: only spectrogram/mask models "
+            f"(SpectrogramSeparator and subclasses) can be exported"
+        )
+    frames = frames or separator.test_context  # the context it separates full tracks with
+    model = copy.deepcopy(separator).eval()  # the caller's model keeps its heads and BNs
+    # Lightning's switch for tracing a module without a Trainer (its properties then return
+    # None instead of raising, which the tracers' attribute scans need).
+    model._jit_is_scripting = True
+    net = model.net
+    # Joint masks combine both heads (multitask.py), so they keep the full net.
+    if getattr(model, "joint_mask", False) and has_psp(net):
+        raise ValueError(f"{source}: pruned channels of a joint-mask net cannot be removed")
+    if hasattr(net, "inference_net") and not getattr(model, "joint_mask", False):
+        net = net.inference_net()
+    net, pruned = remove_pruning(net)
+    model.net = net
+    net, folded = fold_batchnorm(net, _net_input(model, frames))
+    model.net = net
+    info = ExportInfo(
+        rate=int(separator.rate),
+        frames=int(frames),
+        target="vocals" if model.target_index == 0 else "accompaniment",
+        parameters=sum(p.numel() for p in net.parameters()),
+        folded_batchnorms=folded,
+        pruned=pruned,
+        source=source,
+    )
+    return SpectralPipeline(model).eval(), info
+
+
+def export_torchscript(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Path:
+    """Trace (the pipeline has no data-dependent control flow) and save with the metadata."""
+    example = torch.rand(1, info.bins, info.frames)
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape checks read sizes as Python values: constants of the trace, which is right
+        # for a graph with fixed frames per block
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(pipeline, example)
+    torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: info.to_json()})
+    return path
+
+
+def export_onnx(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Path:
+    """ONNX through ``torch.export`` (the dynamo exporter; the thesis's TorchScript-based
+    exporter is deprecated in this torch), metadata in metadata_props. Batch 1, as the
+    streaming loop runs it (a dynamic batch axis came out pinned to 1 for Mel models)."""
+    import onnx
+
+    # the exporter lists torchvision ops it cannot find: not used here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    example = torch.rand(1, info.bins, info.frames)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            pipeline,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {METADATA_KEY: info.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def export(
+    separator: SpectrogramSeparator,
+    path: str | Path,
+    fmt: str,
+    frames: int | None = None,
+    source: str = "",
+) -> tuple[Path, ExportInfo]:
+    """Build the inference pipeline, export it, and check it against ``separator``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline, info = inference_pipeline(separator, frames, source)
+    (export_onnx if fmt == "onnx" else export_torchscript)(pipeline, info, path)
+    check_export(separator, path, info)
+    return path, info
+
+
+def check_export(separator: SpectrogramSeparator, path: Path, info: ExportInfo) -> float:
+    """Largest |exported - PyTorch| on a random block; refuses (deletes the file) beyond
+    ``TOLERANCE`` relative to the output's scale."""
+    from lightning_modules.runtime import load_exported
+
+    magnitude = torch.rand(1, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
+    was_training = separator.training
+    separator.eval()
+    with torch.no_grad():
+        expected = separator.estimate_magnitude(magnitude).numpy()
+    separator.train(was_training)
+    got = load_exported(path, threads=1)(magnitude.numpy())
+    error = float(abs(got - expected).max())
+    scale = max(float(abs(expected).max()), 1.0)
+    if not error <= TOLERANCE * scale:
+        path.unlink(missing_ok=True)
+        raise ValueError(
+            f"{path}: the exported model differs from the PyTorch model by {error:.3g} "
+            f"(tolerance {TOLERANCE * scale:.3g}); not written"
+        )
+    return error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a trained run")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--out", help="output file (default: next to the checkpoint)")
+    parser.add_argument(
+        "--frames", type=int, help="frames per block (default: the model's test context)"
+    )
+    args = parser.parse_args(argv)
+    from lightning_modules.separate import load_separator
+
+    out = Path(args.out or Path(args.checkpoint).with_suffix(SUFFIXES[args.format]))
+    start = time.perf_counter()
+    try:
+        separator = load_separator(args.checkpoint)
+        print(f"exporting {args.checkpoint} -> {out} ({args.format}) ...", flush=True)
+        path, info = export(separator, out, args.format, args.frames, str(args.checkpoint))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {path}: {info.parameters:,} parameters, {info.frames} frames per block, "
+        f"{len(info.folded_batchnorms)} BatchNorms folded, pruned: {info.pruned} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -248,3 +248,17 @@ def test_join_bands_per_decoder() -> None:
     assert joined[1].shape == joined[0].shape == (2, 22, SMALL_F, 8)
     assert n_params(model.decoder_view(0)) == 268_929
     assert n_params(model) > 268_929
+
+
+def test_dropout_acts_in_training_only_and_adds_no_parameters() -> None:
+    torch.manual_seed(0)
+    plain, dropped = MMDenseNet(), MMDenseNet(dropout=0.2)
+    assert sum(p.numel() for p in dropped.parameters()) == 268_929
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 64, 8)
+    dropped.eval(), plain.eval()
+    assert torch.equal(dropped(x), plain(x))  # eval: no dropout
+    dropped.train()
+    assert not torch.allclose(dropped(x), dropped(x))  # two masks, two outputs
+    with pytest.raises(ValueError, match="dropout"):
+        MMDenseNet(dropout=1.0)

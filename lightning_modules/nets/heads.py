@@ -64,7 +64,7 @@ class MultiHeadMMDenseNet(nn.Module):
             the final dense block) or ``"post_block"`` (from the final block's output, just
             before the output conv).
         embedding_dim: K, the embedding dimension (thesis: 20).
-        low, high, full, split_bin, downsample_conv, bottleneck_compression: the main
+        low, high, full, split_bin, downsample_conv, bottleneck_compression, dropout: the main
             MMDenseNet's bands and chapter-5 options (see ``MMDenseNet``); a second head's final
             block is built like the main one's (with bottleneck layers under BC).
 
@@ -87,6 +87,7 @@ class MultiHeadMMDenseNet(nn.Module):
         split_bin: int | None = None,
         downsample_conv: bool = True,
         bottleneck_compression: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if second_head is not None and second_head not in SECOND_HEADS:
@@ -114,6 +115,7 @@ class MultiHeadMMDenseNet(nn.Module):
             split_bin=split_bin,
             downsample_conv=downsample_conv,
             bottleneck_compression=bottleneck_compression,
+            dropout=dropout,
         )
         final = self.main.final_block
         self.second_block: DenseBlock | None = None
@@ -121,7 +123,11 @@ class MultiHeadMMDenseNet(nn.Module):
         if second_head is not None:
             # Same configuration as the main head's final block and (biased) output conv.
             self.second_block = DenseBlock(
-                final.in_channels, final.out_channels, len(final.layers), final.bottleneck
+                final.in_channels,
+                final.out_channels,
+                len(final.layers),
+                final.bottleneck,
+                dropout,
             )
             self.second_output_conv = nn.Conv2d(
                 final.out_channels, self.main.output_conv.out_channels, kernel_size=1, bias=True

@@ -38,6 +38,12 @@ def apply_output_activation(x: Tensor, name: str) -> Tensor:
     return x
 
 
+def check_dropout(p: float) -> float:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {p}")
+    return float(p)
+
+
 def kaiming_init_(module: nn.Module) -> None:
     """Kaiming-normal conv weights (ReLU gain), zero biases, BatchNorm to identity.
 
@@ -58,15 +64,18 @@ class DenseLayer(nn.Module):
     """Pre-activation composite function BN -> ReLU -> 3x3 conv producing ``growth_rate`` maps.
 
     The conv has no bias because the following layer's BatchNorm makes it redundant.
+    ``dropout`` (after the conv, as in DenseNet) exists for the random search of thesis 3.3.4,
+    which rejected it; it is a float, not a module, so inference graphs never see it.
     """
 
-    def __init__(self, in_channels: int, growth_rate: int) -> None:
+    def __init__(self, in_channels: int, growth_rate: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+        self.dropout = check_dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.relu(self.norm(x)))
+        return F.dropout(self.conv(F.relu(self.norm(x))), self.dropout, self.training)
 
 
 class BottleneckDenseLayer(nn.Module):
@@ -87,7 +96,9 @@ class BottleneckDenseLayer(nn.Module):
     ``conv.out_channels`` works for both kinds of layer.
     """
 
-    def __init__(self, in_channels: int, growth_rate: int, compression: float = 0.5) -> None:
+    def __init__(
+        self, in_channels: int, growth_rate: int, compression: float = 0.5, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if not 0.0 < compression <= 1.0:
             raise ValueError(f"compression must lie in (0, 1], got {compression}")
@@ -95,9 +106,11 @@ class BottleneckDenseLayer(nn.Module):
         self.compress = nn.Conv2d(in_channels, self.mid_channels, kernel_size=1, bias=False)
         self.norm = nn.BatchNorm2d(self.mid_channels)
         self.conv = nn.Conv2d(self.mid_channels, growth_rate, kernel_size=3, padding=1, bias=False)
+        self.dropout = check_dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.relu(self.norm(self.compress(x))))
+        out = self.conv(F.relu(self.norm(self.compress(x))))
+        return F.dropout(out, self.dropout, self.training)
 
 
 class DenseBlock(nn.Module):
@@ -110,7 +123,12 @@ class DenseBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, growth_rate: int, num_layers: int, bottleneck: bool = False
+        self,
+        in_channels: int,
+        growth_rate: int,
+        num_layers: int,
+        bottleneck: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -120,7 +138,8 @@ class DenseBlock(nn.Module):
         self.bottleneck = bottleneck
         layer = BottleneckDenseLayer if bottleneck else DenseLayer
         self.layers = nn.ModuleList(
-            layer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)
+            layer(in_channels + i * growth_rate, growth_rate, dropout=dropout)
+            for i in range(num_layers)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -189,6 +208,7 @@ class MDenseNet(nn.Module):
         n_decoders: int = 1,
         downsample_conv: bool = True,
         bottleneck_compression: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if n_decoders < 1:
@@ -215,12 +235,14 @@ class MDenseNet(nn.Module):
         channels = first_channels
         skip_channels: list[int] = []
         for k, n in zip(growth_rates[:s], layers[:s], strict=True):
-            self.encoder.append(DenseBlock(channels, k, n, bottleneck_compression))
+            self.encoder.append(DenseBlock(channels, k, n, bottleneck_compression, dropout))
             channels = k
             skip_channels.append(channels)
             self.downsamples.append(Downsample(channels, pointwise=downsample_conv))
 
-        self.bottleneck = DenseBlock(channels, growth_rates[s], layers[s], bottleneck_compression)
+        self.bottleneck = DenseBlock(
+            channels, growth_rates[s], layers[s], bottleneck_compression, dropout
+        )
 
         def build_decoder() -> tuple[nn.ModuleList, nn.ModuleList]:
             channels = growth_rates[s]
@@ -229,7 +251,7 @@ class MDenseNet(nn.Module):
                 growth_rates[s + 1 :], layers[s + 1 :], reversed(skip_channels), strict=True
             ):
                 upsamples.append(Upsample(channels))
-                decoder.append(DenseBlock(channels + skip, k, n, bottleneck_compression))
+                decoder.append(DenseBlock(channels + skip, k, n, bottleneck_compression, dropout))
                 channels = k
             return upsamples, decoder
 
@@ -330,7 +352,8 @@ class MMDenseNet(nn.Module):
     Chapter 5 options (thesis Section 5.3), both off by default: ``downsample_conv=False``
     ("NoDSConvs") drops the 1x1 convs before every average pooling of every band;
     ``bottleneck_compression=True`` ("BC") uses ``BottleneckDenseLayer``s in every dense block,
-    the final block included.
+    the final block included. ``dropout`` after every dense layer's conv (0: none, the
+    thesis's choice; searched by ``make hpo-random-search``).
     """
 
     def __init__(
@@ -349,6 +372,7 @@ class MMDenseNet(nn.Module):
         n_decoders: int = 1,
         downsample_conv: bool = True,
         bottleneck_compression: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_output_activation(output_activation)
@@ -372,6 +396,7 @@ class MMDenseNet(nn.Module):
                 n_decoders,
                 downsample_conv,
                 bottleneck_compression,
+                dropout,
             )
 
         self.low_band = build(low)
@@ -385,7 +410,7 @@ class MMDenseNet(nn.Module):
         self.downsample_conv = downsample_conv
         self.bottleneck_compression = bottleneck_compression
         self.final_block = DenseBlock(
-            joined, final_growth_rate, final_layers, bottleneck_compression
+            joined, final_growth_rate, final_layers, bottleneck_compression, dropout
         )
         # Biased output conv so earlier layers need not absorb the target's offset/scale.
         self.output_conv = nn.Conv2d(final_growth_rate, out_channels, kernel_size=1, bias=True)

@@ -111,7 +111,10 @@ def threshold_figure(
             )
     handles = sdr_ax.get_legend_handles_labels()[0] + sparsity_ax.get_legend_handles_labels()[0]
     if handles:
-        sdr_ax.legend(handles=handles, fontsize=7, loc="lower left")
+        # below the axes: inside, it would hide points at small thresholds
+        sdr_ax.legend(
+            handles=handles, fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15)
+        )
     sdr_ax.set(xlabel="pruning threshold epsilon", ylabel="median SDR [dB]")
     sparsity_ax.set_ylabel("sparsity [%] (squares)")
     sdr_ax.set_title(

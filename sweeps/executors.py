@@ -154,7 +154,8 @@ class Slurm:
 
         self.args = args
         self.folder = Path(args.runs_root) / "slurm" / args.study
-        self.executor = submitit.AutoExecutor(folder=self.folder / "%A_%a", cluster="slurm")
+        # %j is "<array>_<task>" for array tasks and "<job>" for a single one (a one-worker launch).
+        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
         self.executor.update_parameters(name=args.study)
         try:
             self.executor.update_parameters(**settings.parameters)

@@ -19,11 +19,12 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.__main__ import main as sweeps_main
-from sweeps.specs import REPO
+from sweeps.specs import REPO, load_table
 from sweeps.storage import open_storage
 from tests.test_sweep_workers import _last_epoch, _profile_dir
 
 pytestmark = pytest.mark.slow
+ROWS_4_2 = [row.label for row in load_table("4.2").rows]
 
 
 def _rows_once(study: optuna.Study, labels: list[str]) -> list[optuna.trial.FrozenTrial]:
@@ -44,7 +45,7 @@ def test_two_local_workers_share_one_postgresql_study(tmp_path, postgres_db_url,
     args += ["--results-dir", str(tmp_path / "results"), "--storage", postgres_db_url]
     assert sweeps_main([*args, "--executor", "local", "--workers", "2"]) == 0
     study = optuna.load_study(study_name="table-4.2-ci", storage=postgres_db_url)
-    complete = _rows_once(study, ["none", "abs", "ReLU"])
+    complete = _rows_once(study, ROWS_4_2)
     assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers took rows
     assert not study.get_trials(states=(TrialState.FAIL, TrialState.WAITING))
 
@@ -63,7 +64,7 @@ def test_a_table_runs_as_a_slurm_job_array(tmp_path, slurm_cluster, postgres_db_
     args += ["--slurm", f"slurm_partition={slurm_cluster.partition}", "--slurm", "cpus_per_task=1"]
     assert sweeps_main(args) == 0
     study = optuna.load_study(study_name="table-4.2-ci", storage=postgres_db_url)
-    complete = _rows_once(study, ["none", "abs", "ReLU"])
+    complete = _rows_once(study, ROWS_4_2)
     workers = {t.user_attrs["worker"] for t in complete}
     assert all(" slurm " in w for w in workers)
     assert len({w.rsplit("_", 1)[-1] for w in workers}) == 2  # two array tasks took rows

@@ -173,26 +173,65 @@ class Slurm:
         self.jobs.extend(jobs)
 
     def alive(self) -> int:
-        return sum(not job_finished(job) for job in self.jobs)
+        alive = 0
+        for job in self.jobs:
+            queued, reason = squeue_status(job)
+            if reason in NEVER_STARTS:
+                for other in self.jobs:
+                    other.cancel(check=False)
+                raise SpecError(
+                    f"SLURM will never start job {job.job_id} ({reason}); the submitted jobs "
+                    f"were cancelled. Check the SLURM settings (partition, time, GPUs, memory) "
+                    f"in {SLURM_DEFAULTS.relative_to(REPO)} or SLURM=..."
+                )
+            alive += queued and not job.paths.result_pickle.exists()
+        return alive
 
 
-def job_finished(job) -> bool:  # noqa: ANN001 (submitit.Job)
-    """Whether a SLURM job has ended, without relying on ``sacct``.
+# Pending reasons after which SLURM never starts a job on its own (the request exceeds a limit).
+NEVER_STARTS = {
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "PartitionConfig",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxWallDurationPerJobLimit",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxGRESPerJob",
+}
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+def squeue_status(job) -> tuple[bool, str]:  # noqa: ANN001 (submitit.Job)
+    """(still in the queue, pending reason) of a SLURM job, without relying on ``sacct``.
 
     submitit asks ``sacct`` for job states; clusters without accounting (slurmdbd) answer
-    nothing and every job stays UNKNOWN. A job's result file (written by submitit when its
-    callable returns or raises) or its absence from ``squeue`` decides instead.
+    nothing and every job stays UNKNOWN. ``squeue`` lists a job while it is pending or
+    running (and for ``MinJobAge`` after, in a final state); once it has left, it prints
+    nothing or says "Invalid job id". A job's result pickle (written by submitit when its
+    callable returns or raises) also means it has ended.
     """
-    if job.paths.result_pickle.exists():
-        return True
     queued = subprocess.run(
-        ["squeue", "--noheader", "--format=%i", "--jobs", str(job.job_id)],
+        ["squeue", "--noheader", "--format=%T %r", "--jobs", str(job.job_id)],
         capture_output=True,
         text=True,
     )
-    if queued.returncode != 0:  # squeue says "Invalid job id" once the job has left
-        return "Invalid job id" in queued.stderr
-    return not queued.stdout.strip()
+    if queued.returncode != 0 or not queued.stdout.strip():
+        return False, ""
+    state, _, reason = queued.stdout.split("\n")[0].partition(" ")
+    finished = state in (
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+    )
+    return not finished, reason.strip()
 
 
 class SlurmWorker:

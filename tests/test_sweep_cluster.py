@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.__main__ import main as sweeps_main
+from sweeps.executors import NEVER_STARTS
 from sweeps.specs import REPO, load_table
 from sweeps.storage import open_storage
 from tests.test_sweep_workers import _last_epoch, _profile_dir
@@ -70,6 +71,20 @@ def test_a_table_runs_as_a_slurm_job_array(tmp_path, slurm_cluster, postgres_db_
     assert len({w.rsplit("_", 1)[-1] for w in workers}) == 2  # two array tasks took rows
     logs = list((runs / "slurm" / "table-4.2-ci").glob("*/*_log.out"))
     assert len(logs) == 2  # submitit's logs, next to the runs
+
+
+def test_a_job_slurm_will_never_start_is_cancelled_with_a_clear_error(
+    tmp_path, slurm_cluster, capsys
+) -> None:
+    args = ["sweep", "4.3", "--profile", "ci", "--runs-dir", str(tmp_path), "--poll", "1"]
+    args += ["--executor", "slurm", "--slurm", f"slurm_partition={slurm_cluster.partition}"]
+    args += ["--slurm", "timeout_min=100000"]  # beyond the partition's time limit
+    assert sweeps_main(args) == 2
+    error = capsys.readouterr().err
+    assert "will never start" in error
+    assert any(f"({reason})" in error for reason in NEVER_STARTS)  # e.g. PartitionConfig
+    mine = subprocess.run(["squeue", "-h", "-n", "table-4.3-ci"], capture_output=True, text=True)
+    assert mine.stdout.strip() == ""  # nothing left waiting in the queue
 
 
 def test_a_cancelled_slurm_job_is_retried_from_its_checkpoint(

@@ -181,13 +181,16 @@ def test_a_search_runs_capped_trials_on_two_workers_and_prunes_hopeless_ones(
         assert trial.value == max(sdr.values()) and len(sdr) == 2
     assert len({t.user_attrs["worker"] for t in complete}) == 2
 
-    # A pruner no trial can satisfy: every trial stops after its first validation.
-    monkeypatch.setenv(
-        "SWEEPS_SPACES",
-        str(
-            _space_dir(tmp_path, "hopeless", n_trials=1, pruner={"type": "threshold", "lower": 1e9})
-        ),
+    # A pruner no trial can satisfy: every trial stops after its first validation. (Another
+    # seed: the same draws would give the same configs, whose finished runs are reused.)
+    hopeless = _space_dir(
+        tmp_path,
+        "hopeless",
+        n_trials=1,
+        sampler={"type": "random", "seed": 7},
+        pruner={"type": "threshold", "lower": 1e9},
     )
+    monkeypatch.setenv("SWEEPS_SPACES", str(hopeless))
     args[1] = "hopeless"
     assert sweeps_main([*args, "--executor", "local", "--workers", "1"]) == 0
     study = optuna.load_study(study_name="hpo-hopeless-ci-long", storage=open_storage(None, runs))

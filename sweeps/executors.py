@@ -100,6 +100,7 @@ class LocalProcesses:
         self.args = args
         self.log_dir = Path(args.runs_root) / "sweeps" / args.study
         self.processes: list[subprocess.Popen] = []
+        self.reported: set[int] = set()  # pids whose failure was already printed
 
     def launch(self, count: int) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +120,8 @@ class LocalProcesses:
 
     def alive(self) -> int:
         for process in self.processes:
-            if process.poll() not in (None, 0) and not getattr(process, "reported", False):
-                process.reported = True
+            if process.poll() not in (None, 0) and process.pid not in self.reported:
+                self.reported.add(process.pid)
                 print(f"worker pid {process.pid} ended with exit code {process.returncode}")
         return sum(process.poll() is None for process in self.processes)
 

@@ -221,3 +221,34 @@ def test_random_search_draws_differ_between_workers_and_repeat_with_the_seed(tmp
     first = draws(open_storage(None, tmp_path / "a"))
     assert len(set(first)) == 4
     assert draws(open_storage(None, tmp_path / "b")) == first
+
+
+def test_the_dashboard_serves_the_journal_study_bound_to_loopback(tmp_path) -> None:
+    import socket
+    import urllib.request
+
+    from sweeps.storage import dashboard_command
+
+    assert dashboard_command(None, tmp_path, 8080)[-4:] == ["--host", "127.0.0.1", "--port", "8080"]
+    optuna.create_study(study_name="table-4.3-ci", storage=open_storage(None, tmp_path))
+    with socket.socket() as probe:  # a free port on loopback
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "sweeps", "dashboard", "--runs-dir", str(tmp_path)]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline, page = time.monotonic() + 60, None
+        while page is None and time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as response:
+                    page = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, "the dashboard did not answer"
+        assert [s["study_name"] for s in page["study_summaries"]] == ["table-4.3-ci"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -21,7 +21,7 @@ import yaml
 
 from sweeps.runs import is_finished
 from sweeps.specs import REPO, SpecError
-from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, open_storage
+from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat
 from sweeps.study import Sweep, study_name, work
 
 EXECUTORS = ("inprocess", "local", "slurm")
@@ -83,11 +83,11 @@ def run_worker(args: WorkerArgs) -> int:
 class InProcess:
     """One worker in this process (``make table-<id>``): launch runs it to the end."""
 
-    def __init__(self, sweep: Sweep) -> None:
-        self.sweep = sweep
+    def __init__(self, args: WorkerArgs) -> None:
+        self.args = args
 
     def launch(self, count: int) -> None:
-        work(self.sweep)
+        run_worker(self.args)
 
     def alive(self) -> int:
         return 0
@@ -256,8 +256,8 @@ class SlurmWorker:
 
 
 def make_runner(
-    args: WorkerArgs, executor: str, workers: int, slurm: SlurmSettings | None, in_process=None
-):  # noqa: ANN001, ANN201 (one of the executor classes above)
+    args: WorkerArgs, executor: str, workers: int, slurm: SlurmSettings | None
+) -> InProcess | LocalProcesses | Slurm:
     """The executor named ``executor``; checks what can be checked before anything starts."""
     if executor not in EXECUTORS:
         raise SpecError(f"executor {executor!r} is not one of {EXECUTORS}")
@@ -266,7 +266,7 @@ def make_runner(
     if executor == "inprocess":
         if workers != 1:
             raise SpecError("the in-process executor runs exactly one worker; use EXECUTOR=local")
-        return in_process
+        return InProcess(args)
     if executor == "local":
         return LocalProcesses(args)
     if args.storage.startswith("journal:"):
@@ -296,14 +296,12 @@ def run_sweep(
     from sweeps.specs import load_table
     from sweeps.study import enqueue_missing, open_sweep, supervise, table_progress
 
-    if workers > 1 and storage and storage.startswith("sqlite:"):
-        open_storage(storage, runs_root, workers)  # the clear error, before planning rows
     spec = load_table(spec_id)
     sweep = open_sweep(spec, profile, runs_root, storage, workers, heartbeat)
     args = WorkerArgs(
         "table", spec.id, profile, str(runs_root.resolve()), sweep.storage_url, heartbeat
     )
-    runner = make_runner(args, executor, workers, slurm, in_process=InProcess(sweep))
+    runner = make_runner(args, executor, workers, slurm)
     queued = enqueue_missing(sweep)
     finished = len(sweep.own_rows) - len(sweep.missing())
     print(
@@ -338,20 +336,13 @@ def run_search(
     poll: float = 5.0,
 ) -> optuna.Study:
     """A hyper-parameter search: validate, create the study, start workers, wait."""
-    from sweeps.hpo import FINISHED, open_search, run_search_worker
+    from sweeps.hpo import FINISHED, open_search
     from sweeps.study import Progress, supervise
 
     space, study, url = open_search(name, profile, runs_root, storage, workers, heartbeat)
     args = WorkerArgs("hpo", space.name, profile, str(runs_root.resolve()), url, heartbeat)
 
-    class SearchInProcess:
-        def launch(self, count: int) -> None:
-            run_search_worker(name, profile, runs_root, url, heartbeat)
-
-        def alive(self) -> int:
-            return 0
-
-    runner = make_runner(args, executor, workers, slurm, in_process=SearchInProcess())
+    runner = make_runner(args, executor, workers, slurm)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     print(
         f"{study.study_name} on {url}: {finished}/{space.n_trials} trials finished, "

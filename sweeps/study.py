@@ -67,11 +67,14 @@ def open_sweep(
     workers: int = 1,
     heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
 ) -> Sweep:
-    """Validate every row and open the study; fails (``SpecError``) before anything runs."""
+    """Open the storage, validate every row and open the study; fails (``SpecError``) before
+    anything runs. The storage comes first: its errors (a URL that cannot connect, SQLite with
+    several workers) are cheaper to find than a bad row."""
+    backend = open_storage(storage, runs_root, workers, heartbeat)
     plans = plan_table(spec, profile, runs_root)  # resolves every row's config
     study = optuna.create_study(
         study_name=study_name(spec, profile),
-        storage=open_storage(storage, runs_root, workers, heartbeat),
+        storage=backend,
         direction="maximize",
         load_if_exists=True,
     )
@@ -107,13 +110,13 @@ def enqueue_missing(sweep: Sweep) -> list[str]:
     return queued
 
 
-def work(sweep: Sweep, max_trials: int | None = None) -> int:
+def work(sweep: Sweep) -> int:
     """A worker: pop queued trials and run them until the queue is empty; returns how many ran.
 
     Between trials it fails the trials of dead workers, which queues their retries.
     """
     done = 0
-    while max_trials is None or done < max_trials:
+    while True:
         fail_stale_trials(sweep.study)
         # Popping (not ``study.ask``) never creates a trial when the queue is empty, so a
         # worker that loses the race for the last row leaves no empty trial behind.

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -22,7 +21,7 @@ from sweeps.__main__ import main as sweeps_main
 from sweeps.executors import NEVER_STARTS
 from sweeps.specs import REPO, load_table
 from sweeps.storage import open_storage
-from tests.test_sweep_workers import _last_epoch, _profile_dir
+from tests.test_sweep_workers import _profile_dir, kill_mid_training
 
 pytestmark = pytest.mark.slow
 ROWS_4_2 = [row.label for row in load_table("4.2").rows]
@@ -105,23 +104,13 @@ def test_a_cancelled_slurm_job_is_retried_from_its_checkpoint(
     supervisor = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    try:
-        deadline, cancelled_at = time.monotonic() + 600, None
-        while cancelled_at is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            assert supervisor.poll() is None, supervisor.stdout.read()
-            run_dirs = [p for p in runs.glob("*") if (p / "checkpoints").exists()]
-            if run_dirs and (_last_epoch(run_dirs[0]) or 0) >= 1:
-                study = optuna.load_study(study_name="table-4.3-ci-long", storage=postgres_db_url)
-                (trial,) = study.get_trials(states=(TrialState.RUNNING,))
-                job = trial.user_attrs["worker"].split(" slurm ")[1]
-                cancelled_at = _last_epoch(run_dirs[0])
-                subprocess.run(["scancel", job], check=True)
-        assert cancelled_at is not None, "training never reached a second epoch"
-        output, _ = supervisor.communicate(timeout=900)
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
+
+    def cancel_job(trial: optuna.trial.FrozenTrial) -> None:
+        subprocess.run(["scancel", trial.user_attrs["worker"].split(" slurm ")[1]], check=True)
+
+    cancelled_at, output = kill_mid_training(
+        supervisor, runs, postgres_db_url, cancel_job, timeout=900
+    )
     assert supervisor.returncode == 0, output
 
     study = optuna.load_study(study_name="table-4.3-ci-long", storage=postgres_db_url)

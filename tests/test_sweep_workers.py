@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -80,6 +81,34 @@ def _profile_dir(tmp_path: Path, epochs_fraction: float, val_batches: int = 1) -
     return folder
 
 
+def kill_mid_training(
+    supervisor: subprocess.Popen,
+    runs: Path,
+    storage,  # noqa: ANN001 (an Optuna storage or URL)
+    kill: Callable[[optuna.trial.FrozenTrial], None],
+    timeout: float,
+) -> tuple[int, str]:
+    """Once the sweep's only run has a checkpoint of epoch >= 1, ``kill`` the worker of the
+    running trial; then wait for the supervisor. Returns (epoch at the kill, its output)."""
+    try:
+        deadline, killed_at = time.monotonic() + 600, None
+        while killed_at is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            assert supervisor.poll() is None, supervisor.stdout.read()
+            run_dirs = [p for p in runs.glob("*") if (p / "checkpoints").exists()]
+            if run_dirs and (_last_epoch(run_dirs[0]) or 0) >= 1:
+                study = optuna.load_study(study_name="table-4.3-ci-long", storage=storage)
+                (trial,) = study.get_trials(states=(TrialState.RUNNING,))
+                killed_at = _last_epoch(run_dirs[0])
+                kill(trial)
+        assert killed_at is not None, "training never reached a second epoch"
+        output, _ = supervisor.communicate(timeout=timeout)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    return killed_at, output
+
+
 def _last_epoch(run_dir: Path) -> int | None:
     try:
         return int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"])
@@ -108,26 +137,13 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_last_checkpoint(
     supervisor = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    try:
-        deadline = time.monotonic() + 600
-        killed_at = None
-        while killed_at is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            assert supervisor.poll() is None, supervisor.stdout.read()
-            run_dirs = [p for p in runs.glob("*") if (p / "checkpoints").exists()]
-            if run_dirs and (_last_epoch(run_dirs[0]) or 0) >= 1:
-                study = optuna.load_study(
-                    study_name="table-4.3-ci-long", storage=open_storage(None, runs)
-                )
-                (trial,) = study.get_trials(states=(TrialState.RUNNING,))
-                pid = int(trial.user_attrs["worker"].split(":")[1].split()[0])
-                killed_at = _last_epoch(run_dirs[0])
-                os.kill(pid, signal.SIGKILL)
-        assert killed_at is not None, "training never reached a second epoch"
-        output, _ = supervisor.communicate(timeout=600)
-    finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
+
+    def kill_worker(trial: optuna.trial.FrozenTrial) -> None:
+        os.kill(int(trial.user_attrs["worker"].split(":")[1].split()[0]), signal.SIGKILL)
+
+    killed_at, output = kill_mid_training(
+        supervisor, runs, open_storage(None, runs), kill_worker, timeout=600
+    )
     assert supervisor.returncode == 0, output
     assert "ended with exit code -9" in output
 

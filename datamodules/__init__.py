@@ -1,5 +1,22 @@
-"""Audio only: MUSDB18 (real or synthetic) as a Lightning DataModule."""
+"""Audio only: MUSDB18 (real or synthetic) as a Lightning DataModule.
 
-from datamodules.musdb_datamodule import MUSDBDataModule
+Importing the package puts ffmpeg on ``PATH`` first (``datamodules.ffmpeg``): musdb, museval
+and stempeg need it at import time. The DataModule itself is imported on first use, so that
+light users of the package (the evaluation workers) do not load torch and Lightning.
+"""
 
-__all__ = ["MUSDBDataModule"]
+from __future__ import annotations
+
+from typing import Any
+
+from datamodules.ffmpeg import FFMPEG
+
+__all__ = ["FFMPEG", "MUSDBDataModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MUSDBDataModule":
+        from datamodules.musdb_datamodule import MUSDBDataModule
+
+        return MUSDBDataModule
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

@@ -10,6 +10,7 @@ The attractor variant replaces L_wDC by the main objective computed on attractor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ class ChimeraSeparator(SpectrogramSeparator):
     clustering: "deep_clustering" (eq. 4.9) or "attractor" (SA on attractor masks, 4.10/4.11).
     Other arguments as ``SpectrogramSeparator``; ``net`` must have an embedding head.
     """
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     def __init__(
         self, net: nn.Module, alpha: float = 0.2, clustering: str = "deep_clustering", **kwargs

@@ -36,6 +36,8 @@ import numpy as np
 from museval import metrics as museval_metrics
 from tqdm.auto import tqdm
 
+import datamodules  # noqa: F401  (ffmpeg on PATH before museval -> musdb -> stempeg)
+
 __all__ = [
     "BSS_FILTER_LEN",
     "DEFAULT_MAX_CONDITION",

@@ -6,6 +6,8 @@ the row computes joint Wiener-filter-like masks from both heads (then both are n
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,9 @@ class MultiTaskSeparator(SpectrogramSeparator):
             model (thesis Fig. 4.4, blue); the masked mixture is what is trained and tested.
         Other arguments as ``SpectrogramSeparator`` (the objective applies to both heads).
     """
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     def __init__(self, net: nn.Module, joint_mask: bool = False, **kwargs) -> None:
         super().__init__(net, **kwargs)

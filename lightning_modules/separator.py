@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -36,6 +37,9 @@ class Separator(L.LightningModule):
         test_only: only test the weights of ``init_from``, without training (a re-test stage,
             e.g. at another ``test_context_frames``); the table runner then skips ``fit``.
     """
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     #: False for models that are only evaluated (oracles, combinations of trained models).
     trainable: bool = True

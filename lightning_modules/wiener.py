@@ -3,6 +3,8 @@ combined into a Wiener-like mask (alpha 2) as a post-processing step. Evaluated,
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -14,6 +16,9 @@ from lightning_modules.spectrogram import SpectrogramSeparator
 class WienerCombination(SpectrogramSeparator):
     """Args: ``vocals`` and ``accompaniment``: checkpoints of two trained separators (in a
     table, ``row:<label>`` references); ``alpha``: the mask exponent."""
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     trainable = False
 

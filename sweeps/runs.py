@@ -27,7 +27,8 @@ from lightning.pytorch import Callback
 from lightning_modules.cli import SuiteCLI, make_cli
 from lightning_modules.evaluation import write_json_atomic
 from sweeps import tracking
-from sweeps.specs import REPO, SpecError, config_hash
+from sweeps.identity import config_hash
+from sweeps.specs import REPO, SpecError
 
 RESULT = "result.json"
 

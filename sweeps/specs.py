@@ -9,8 +9,6 @@ data, CPU, a few minutes) or ``thesis`` (MUSDB18, Table 3.1 protocol, GPU).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,10 +183,3 @@ def apply_profile(config: dict[str, Any], profile: dict[str, Any]) -> dict[str, 
             continue  # e.g. no epochs in an evaluation-only experiment: nothing to scale
         config = deep_merge(config, {key: max(1, round(value * factor))})
     return deep_merge(config, profile)
-
-
-def config_hash(resolved: dict[str, Any]) -> str:
-    """Name of a run folder: hash of the fully resolved config. The run's own paths (its
-    folder, checkpoints, logs) are only added when it executes, so they are not part of it."""
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

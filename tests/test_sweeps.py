@@ -12,13 +12,13 @@ import torch
 
 from lightning_modules.separate import main as separate_main
 from sweeps.__main__ import main as sweeps_main
+from sweeps.identity import config_hash
 from sweeps.plan import plan_table
 from sweeps.runs import execute, is_finished, resolve, run_dir_for
 from sweeps.specs import (
     SpecError,
     available_tables,
     compose,
-    config_hash,
     deep_merge,
     load_profile,
     load_table,

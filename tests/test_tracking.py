@@ -17,8 +17,9 @@ import yaml
 
 from sweeps import tracking
 from sweeps.__main__ import main as sweeps_main
+from sweeps.identity import config_hash
 from sweeps.runs import execute, is_finished, resolve, run_dir_for
-from sweeps.specs import SpecError, compose, config_hash, deep_merge, load_profile, load_table
+from sweeps.specs import SpecError, compose, deep_merge, load_profile, load_table
 
 WANDB = str(Path(sys.executable).with_name("wandb"))
 GROUP = "table-4.1-ci"

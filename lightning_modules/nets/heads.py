@@ -13,6 +13,8 @@ Only modules live here; losses belong to the LightningModules.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,6 +74,9 @@ class MultiHeadMMDenseNet(nn.Module):
     ``"second"`` ``(B, 1, F, T)`` and/or ``"embedding"`` ``(B, embedding_dim, F, T)`` when
     those heads exist. ``"main"`` is exactly what ``self.main`` (a plain MMDenseNet) computes.
     """
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     def __init__(
         self,

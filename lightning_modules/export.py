@@ -17,7 +17,9 @@ Before export the network is made an inference network:
      when the net has parameterized structured pruning;
   3. every BatchNorm that directly follows a conv folded into it (``nets/fold.py``: the
      bottleneck layers' Conv1x1 -> BN; the baseline's pre-activation BNs cannot be folded).
-The export is checked against the PyTorch model on random input before it is written.
+The export is checked against the PyTorch model on random input before it is written: it is
+written beside the output under a temporary name, checked, then renamed, so a failed export or
+check never deletes or truncates an existing output file.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from datamodules.files import atomic_path
 from lightning_modules.dsp import HOP, N_FFT
 from lightning_modules.nets.fold import fold_batchnorm
 from lightning_modules.nets.pruning import has_psp, remove_pruned_channels
@@ -187,20 +190,29 @@ def export(
     frames: int | None = None,
     source: str = "",
 ) -> tuple[Path, ExportInfo]:
-    """Build the inference pipeline, export it, and check it against ``separator``."""
+    """Build the inference pipeline, export it, and check it against ``separator``.
+
+    The export is written beside ``path`` under a temporary name, checked there, and only then
+    renamed to ``path``: a failed export or check leaves an existing file at ``path`` as it was
+    (and no temporary file behind).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pipeline, info = inference_pipeline(separator, frames, source)
-    (export_onnx if fmt == "onnx" else export_torchscript)(pipeline, info, path)
-    check_export(separator, path, info)
+    # the temporary name keeps the suffix: load_exported picks the runtime by it
+    with atomic_path(path) as tmp:
+        (export_onnx if fmt == "onnx" else export_torchscript)(pipeline, info, tmp)
+        check_export(separator, tmp, info, name=path)
     return path, info
 
 
-def check_export(separator: SpectrogramSeparator, path: Path, info: ExportInfo) -> float:
-    """Largest |exported - PyTorch| on a random block; refuses (deletes the file) beyond
-    ``TOLERANCE`` relative to the output's scale."""
+def check_export(
+    separator: SpectrogramSeparator, path: Path, info: ExportInfo, name: Path | None = None
+) -> float:
+    """Largest |exported - PyTorch| on a random block; raises ValueError beyond ``TOLERANCE``
+    relative to the output's scale (``name``: the file the message names, when ``path`` is
+    a temporary one)."""
     from lightning_modules.runtime import load_exported
 
     magnitude = torch.rand(1, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
@@ -213,9 +225,8 @@ def check_export(separator: SpectrogramSeparator, path: Path, info: ExportInfo) 
     error = float(abs(got - expected).max())
     scale = max(float(abs(expected).max()), 1.0)
     if not error <= TOLERANCE * scale:
-        path.unlink(missing_ok=True)
         raise ValueError(
-            f"{path}: the exported model differs from the PyTorch model by {error:.3g} "
+            f"{name or path}: the exported model differs from the PyTorch model by {error:.3g} "
             f"(tolerance {TOLERANCE * scale:.3g}); not written"
         )
     return error

@@ -9,7 +9,8 @@ the absolute times are noisy. It also times ONNX Runtime with the block's STFT a
 
 Writes ``<out>/latency.json`` and ``<out>/latency.md``: median and 95th percentile per block,
 speed-up against the baseline with the same runtime and threads, real-time factor
-(block time / the 128 ms of new audio per block), the thesis's targets, and the load.
+(block time / the 128 ms of new audio per block), the thesis's targets, and where they were
+measured: commit, date, machine, and the load before and after (``datamodules.provenance``).
 Weights are untrained (latency does not depend on them); the JSON says how each model's
 structure was obtained.
 """
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from datamodules.files import write_atomic
+from datamodules.provenance import load_average, markdown_line, provenance
 from lightning_modules.dsp import N_FFT
 from lightning_modules.export import (
     SpectralPipeline,
@@ -300,11 +301,10 @@ def markdown(result: dict) -> str:
         "# Latency per block",
         "",
         f"One block of {block['frames']} frames (batch 1): {block['new_ms']:.0f} ms of new "
-        f"audio, {block['span_ms']:.0f} ms seen, at {block['rate']} Hz. Measured "
-        f"{result['date']} on {result['machine']['cpu']} ({result['machine']['cores']} cores); "
-        f"load average {result['machine']['load_before'][0]:.2f} before and "
-        f"{result['machine']['load_after'][0]:.2f} after the run, so absolute times are "
-        "noisy; the configurations were interleaved, so ratios within the run are fairer.",
+        f"audio, {block['span_ms']:.0f} ms seen, at {block['rate']} Hz. Measured on "
+        f"{markdown_line(result)} the run (torch {result['machine']['torch']}, ONNX Runtime "
+        f"{result['machine']['onnxruntime']}): on a loaded machine absolute times are noisy; "
+        "the configurations were interleaved, so ratios within the run are fairer.",
         "",
         "CPU ms: the calling thread's CPU time per block (one thread only), which the",
         "load does not inflate.",
@@ -356,7 +356,7 @@ def markdown(result: dict) -> str:
 def run(
     out_dir: Path, rounds: int = 10, per_round: int = 2, pruned_checkpoint: Path | None = None
 ) -> dict:
-    load_before = os.getloadavg()
+    record = provenance()  # the load before anything is built
     print("building the models ...", flush=True)
     found, unavailable = candidates(pruned_checkpoint)
     calls, models = {}, {}
@@ -384,15 +384,13 @@ def run(
     block_ms = 1000 * FRAMES * info.hop / rate
     rows = summarise(times, block_ms, cpu)
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **record,
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "load_before": list(load_before),
-            "load_after": list(os.getloadavg()),
+            **record["machine"],
             "torch": torch.__version__,
             "onnxruntime": __import__("onnxruntime").__version__,
         },
+        "load_after": load_average(),
         "block": {
             "frames": FRAMES,
             "rate": rate,
@@ -410,9 +408,8 @@ def run(
         "rows": rows,
     }
     result["targets"] = targets(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latency.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "latency.md").write_text(markdown(result))
+    write_atomic(out_dir / "latency.json", json.dumps(result, indent=1))
+    write_atomic(out_dir / "latency.md", markdown(result))
     print(markdown(result))
     print(f"wrote {out_dir / 'latency.json'} and {out_dir / 'latency.md'}")
     return result

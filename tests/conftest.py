@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import datamodules  # noqa: F401  (ffmpeg on PATH before any test imports musdb or stempeg)
+
 # The real SLURM cluster and PostgreSQL server fixtures (started by .ci/services/*.sh).
 pytest_plugins = ["tests.services"]
 
@@ -47,3 +49,14 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
     monkeypatch.setattr(dm, "DEFAULT_CACHE_DIR", tmp_path_factory.getbasetemp() / "suite-cache")
     monkeypatch.delenv("MUSDB_ROOT", raising=False)
+
+
+def fake_musdb_root(root: Path) -> Path:
+    """A MUSDB18 wav-layout tree of empty files: enough for everything that reads only names
+    (planning a table checks the root before anything runs), nothing that decodes audio."""
+    for subset in ("train", "test"):
+        track = root / subset / f"Artist - {subset} song"
+        track.mkdir(parents=True)
+        for name in ("mixture", "vocals", "drums", "bass", "other"):
+            (track / f"{name}.wav").touch()
+    return root

@@ -23,7 +23,9 @@ from datamodules.cache import (
     cache_key,
     decode_track,
     load_split,
+    open_tracks,
 )
+from datamodules.files import atomic_path, write_atomic, write_json_atomic
 from datamodules.musdb_datamodule import MUSDBDataModule
 
 RATE = 8000
@@ -288,3 +290,61 @@ def test_datamodule_resumes_a_killed_build(
     for name, split in dm.splits.items():
         expected = [_fake_decode(SimpleNamespace(name=n), RATE) for n in split.names]
         np.testing.assert_array_equal(split.audio, np.concatenate(expected, axis=1), name)
+
+
+def test_unreadable_stem_file_is_named_when_the_tracks_are_listed(tmp_path: Path) -> None:
+    """musdb probes every file while listing; ffmpeg-python's own error would only say
+    "ffprobe error (see stderr output for detail)"."""
+    stem = tmp_path / "musdb" / "test" / "Broken - Song.stem.mp4"
+    stem.parent.mkdir(parents=True)
+    stem.write_bytes(b"\0" * 4096)
+    with pytest.raises(StemError, match="cannot list the test tracks") as info:
+        open_tracks(tmp_path / "musdb", False, "test")
+    assert str(stem) in str(info.value)  # from ffprobe's message
+    assert "stderr output for detail" not in str(info.value)
+
+
+# -- atomic writes (datamodules/files.py) ----------------------------------------------------
+
+
+def test_write_atomic_replaces_text_and_bytes_with_a_plain_files_mode(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "index.json"
+    write_atomic(path, "häll\n")  # the folder is created
+    assert path.read_bytes() == "häll\n".encode()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    path.chmod(0o640)
+    write_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert path.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+    assert sorted(p.name for p in path.parent.iterdir()) == ["index.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    import datamodules.files as files
+
+    path = tmp_path / "result.json"
+    path.write_text("old")
+
+    def no_rename(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", no_rename)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(path, {"new": 1})
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_path(path) as tmp:
+            assert tmp.parent == path.parent and tmp.suffix == ".json"  # writers pick by it
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file
+
+
+def test_write_json_atomic_keeps_nan_and_writes_numpy_floats(tmp_path: Path) -> None:
+    payload = {"SDR": float("nan"), "SIR": np.float32(1.5), "rows": [1, 2]}
+    write_json_atomic(tmp_path / "a.json", payload)
+    text = (tmp_path / "a.json").read_text()
+    assert text == json.dumps(payload, indent=2, allow_nan=True, default=float)
+    assert '"SDR": NaN' in text and '"SIR": 1.5' in text

@@ -151,3 +151,45 @@ def test_export_cli_from_a_checkpoint_and_its_errors(tmp_path, capsys) -> None:
     foreign.write_bytes(b"not a model")
     with pytest.raises(ValueError, match=f"cannot load {foreign}"):
         load_exported(foreign)
+
+
+# -- an existing output survives a failed export --------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_failed_check_keeps_an_existing_output(tmp_path, monkeypatch, fmt: str) -> None:
+    import lightning_modules.export as export_module
+
+    out = tmp_path / f"model.{fmt}"
+    out.write_bytes(b"the previous, good export")
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # every export now fails its check
+    with pytest.raises(ValueError, match=f"{out}: the exported model differs"):
+        export(tiny_separator(), out, fmt)
+    assert out.read_bytes() == b"the previous, good export"
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary file left behind
+
+
+def test_failed_export_keeps_an_existing_output(tmp_path, monkeypatch, capsys) -> None:
+    import lightning_modules.export as export_module
+
+    def half_written(pipeline, info, path):
+        path.write_bytes(b"half an onnx fi")
+        raise ValueError("the exporter failed half-way")
+
+    checkpoint = tiny_checkpoint(tmp_path / "best.ckpt")
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    out.write_bytes(b"the previous, good export")
+    out.chmod(0o640)
+    monkeypatch.setattr(export_module, "export_onnx", half_written)
+    args = ["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]
+    assert export_main(args) == 2
+    assert "the exporter failed half-way" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous, good export"
+    assert sorted(out.parent.iterdir()) == [out]
+
+    monkeypatch.undo()
+    assert export_main(args) == 0  # a good export replaces it, with the file's mode
+    assert load_exported(out, threads=1).info.frames == 8
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert sorted(out.parent.iterdir()) == [out]

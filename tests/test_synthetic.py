@@ -238,6 +238,33 @@ def test_recovers_from_killed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert f.read_bytes() == g.read_bytes(), f
 
 
+def test_manifest_write_killed_midway_is_ignored_and_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest goes through datamodules.files.write_atomic: a kill between writing and
+    renaming leaves only a hidden temp file, which neither counts as a manifest nor makes the
+    root look foreign."""
+    import datamodules.files as files
+
+    args = {"n_train": 1, "n_test": 1, "duration": 2.0, "progress": False}
+    root = tmp_path / "r"
+
+    def killed(source: object, target: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic_musdb(root, **args)
+    monkeypatch.undo()
+    assert not (root / MANIFEST_NAME).exists()
+    assert [p.name for p in root.iterdir() if p.name != synthetic._LOCK_NAME] == []
+
+    (root / f".synthetic.{'x' * 8}.tmp.json").write_text('{"format": "half')  # kill -9 leftover
+    write_synthetic_musdb(root, **args)
+    assert json.loads((root / MANIFEST_NAME).read_text())["complete"] is True
+    assert len(musdb.DB(root=str(root), is_wav=True, subsets="train")) == 1
+
+
 def test_stale_temp_folder_and_missing_track_are_repaired(tmp_path: Path) -> None:
     args = {"n_train": 2, "n_test": 1, "duration": 2.0, "progress": False}
     root = write_synthetic_musdb(tmp_path / "r", **args)

@@ -4,7 +4,10 @@ An embedding head (K = 20, unit-normalised per time-frequency bin) is trained wi
 magnitude-weighted deep clustering loss on ideal binary labels (which source dominates each
 bin), next to the main head's objective: L = alpha * L_wDC + (1 - alpha) * L_main (eq. 4.12).
 The attractor variant replaces L_wDC by the main objective computed on attractor masks
-(eq. 4.10/4.11). The embedding head is dropped at inference.
+(eq. 4.10/4.11); its attractors are the plain means of the embeddings of the bins each source
+dominates, as eq. 4.10 writes them (``attractor_weighting="magnitude"`` weights the means by the
+mixture magnitude |X|, the weights of L_wDC, which eq. 4.10 does not). The embedding head is
+dropped at inference.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from lightning_modules.losses import (
 from lightning_modules.spectrogram import SpectrogramSeparator
 
 CLUSTERINGS = ("deep_clustering", "attractor")
+ATTRACTOR_WEIGHTINGS = ("none", "magnitude")
 
 
 class ChimeraSeparator(SpectrogramSeparator):
     """Args:
     alpha: weight of the clustering loss (eq. 4.12).
     clustering: "deep_clustering" (eq. 4.9) or "attractor" (SA on attractor masks, 4.10/4.11).
+    attractor_weighting: the attractors' means over the bins a source dominates, "none"
+        (eq. 4.10 as printed) or "magnitude" (weighted by the mixture magnitude |X|); only
+        used with ``clustering="attractor"``.
     Other arguments as ``SpectrogramSeparator``; ``net`` must have an embedding head.
     """
 
@@ -43,17 +50,28 @@ class ChimeraSeparator(SpectrogramSeparator):
     results_version: ClassVar[int] = 1
 
     def __init__(
-        self, net: nn.Module, alpha: float = 0.2, clustering: str = "deep_clustering", **kwargs
+        self,
+        net: nn.Module,
+        alpha: float = 0.2,
+        clustering: str = "deep_clustering",
+        attractor_weighting: str = "none",
+        **kwargs,
     ) -> None:
         super().__init__(net, **kwargs)
         if clustering not in CLUSTERINGS:
             raise ValueError(f"clustering must be one of {CLUSTERINGS}, got {clustering!r}")
+        if attractor_weighting not in ATTRACTOR_WEIGHTINGS:
+            raise ValueError(
+                f"attractor_weighting must be one of {ATTRACTOR_WEIGHTINGS}, "
+                f"got {attractor_weighting!r}"
+            )
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         if clustering == "attractor" and self.front_end is not None:
             raise ValueError("the attractor loss is built for linear bins; use deep_clustering")
         self.alpha = alpha
         self.clustering = clustering
+        self.attractor_weighting = attractor_weighting
 
     def clustering_inputs(
         self, mixture: torch.Tensor, target: torch.Tensor, embedding: torch.Tensor
@@ -68,17 +86,25 @@ class ChimeraSeparator(SpectrogramSeparator):
             magnitude_weights(self.analysis(mixture.abs())),
         )
 
+    def clustering_loss(
+        self, mixture: torch.Tensor, target: torch.Tensor, embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """The clustering term of eq. 4.12 from complex (B, F, T) mixture/target STFTs and the
+        (B, K, F, T) embeddings: L_wDC (eq. 4.9), or the MSE of the attractor-masked mixture
+        magnitude against the target's (eq. 4.10/4.11)."""
+        embeddings, labels, weights = self.clustering_inputs(mixture, target, embedding)
+        if self.clustering == "deep_clustering":
+            return deep_clustering_loss(embeddings, labels, weights)
+        centroid_weights = weights if self.attractor_weighting == "magnitude" else None
+        masks = attractor_masks(embeddings, attractors(embeddings, labels, centroid_weights))
+        target_mask = masks[..., 0].reshape(target.shape)
+        return F.mse_loss(target_mask * mixture.abs(), target.abs())
+
     def training_loss(self, batch: dict) -> torch.Tensor:
         mixture, target = stft(batch["mixture"]), stft(self._target(batch))
         heads = self.heads(mixture.abs())
         main = self.objective_loss(heads["main"], mixture, target)
-        embeddings, labels, weights = self.clustering_inputs(mixture, target, heads["embedding"])
-        if self.clustering == "deep_clustering":
-            clustering = deep_clustering_loss(embeddings, labels, weights)
-        else:
-            masks = attractor_masks(embeddings, attractors(embeddings, labels, weights))
-            target_mask = masks[..., 0].reshape(target.shape)
-            clustering = F.mse_loss(target_mask * mixture.abs(), target.abs())
+        clustering = self.clustering_loss(mixture, target, heads["embedding"])
         return chimera_loss(clustering, main, self.alpha)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

@@ -10,8 +10,10 @@ Conventions (thesis Sec. 2.3.1, SiSEC 2018 / museval v4):
 * PES / EPS (Schulze-Forster et al., "Weakly informed audio source separation", WASPAA 2019,
   Sec. 3, reference code ``schufo/wiass`` ``silent_frames_evaluation.py``) cover exactly the frames
   BSS Eval leaves undefined. See :func:`silence_scores`.
-* Across tracks (thesis Table 4.3): median, MAD, mean and standard deviation of the per-track
-  medians. See :func:`aggregate`.
+* Across tracks: median, MAD, mean and standard deviation of the per-track medians (the
+  SiSEC convention, every table's "median over the test set"), and the same four statistics
+  over all frames of all tracks pooled (thesis Table 4.3's mean and std can only be those),
+  each with the number of tracks and frames that NaN excluded. See :func:`aggregate`.
 
 This module is numpy/museval only. It deliberately never imports torch and never touches
 torch's thread settings (``torch.set_num_threads(2)`` gives wrong batched linalg in this build).
@@ -19,24 +21,24 @@ torch's thread settings (``torch.set_num_threads(2)`` gives wrong batched linalg
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import multiprocessing
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
+# First: importing datamodules puts ffmpeg on PATH, which museval -> musdb -> stempeg need.
+from datamodules.files import write_json_atomic
+
+# isort: split
 import museval
 import numpy as np
 from museval import metrics as museval_metrics
 from tqdm.auto import tqdm
-
-import datamodules  # noqa: F401  (ffmpeg on PATH before museval -> musdb -> stempeg)
 
 __all__ = [
     "BSS_FILTER_LEN",
@@ -165,13 +167,21 @@ def _nan_stat(fn: Any, values: np.ndarray) -> float:
     return float(fn(values)) if values.size else float("nan")
 
 
+def _frame_values(target: Mapping[str, Any], metric: str) -> np.ndarray:
+    """One target's per-frame values of ``metric`` from museval JSON, as ``evaluate_track``
+    stores them: NaN where museval left the frame undefined (``null`` or a missing value, as
+    other writers store it, reads as NaN) and +-inf as +-INF_DB (plain museval files have no
+    inf: its TrackStore already made them NaN)."""
+    values = []
+    for frame in target.get("frames") or ():
+        value = (frame.get("metrics") or {}).get(metric)
+        values.append(float("nan") if value is None else _finite_db(float(value)))
+    return np.asarray(values, dtype=np.float64)
+
+
 def _target_medians(target: Mapping[str, Any], metrics: Sequence[str]) -> dict[str, float]:
     """Per-track median of each metric over frames (NaN frames ignored), from museval frames."""
-    out = {}
-    for metric in metrics:
-        frames = np.array([float(f["metrics"][metric]) for f in target["frames"]], dtype=np.float64)
-        out[metric] = _nan_stat(np.median, frames)
-    return out
+    return {metric: _nan_stat(np.median, _frame_values(target, metric)) for metric in metrics}
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,18 +379,23 @@ def evaluate_track(
 # --------------------------------------------------------------------------------------------
 
 
-def _summary(values: Sequence[float], ddof: int) -> dict[str, float]:
-    """median, unscaled MAD, mean, std(ddof) over the non-NaN values, plus counts."""
-    arr = np.asarray(values, dtype=np.float64)
-    finite = arr[~np.isnan(arr)]
+def _statistics(values: np.ndarray, ddof: int) -> tuple[float, float, float, float, int]:
+    """median, unscaled MAD, mean, std(ddof) over the non-NaN ``values``, and their number."""
+    finite = values[~np.isnan(values)]
     n = int(finite.size)
     if n == 0:
-        median = mad = mean = std = float("nan")
-    else:
-        median = float(np.median(finite))
-        mad = float(np.median(np.abs(finite - median)))
-        mean = float(np.mean(finite))
-        std = float(np.std(finite, ddof=ddof)) if n > ddof else float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan"), 0
+    median = float(np.median(finite))
+    mad = float(np.median(np.abs(finite - median)))
+    mean = float(np.mean(finite))
+    std = float(np.std(finite, ddof=ddof)) if n > ddof else float("nan")
+    return median, mad, mean, std, n
+
+
+def _summary(values: Sequence[float], ddof: int) -> dict[str, float]:
+    """Statistics over tracks of per-track values, plus the track counts."""
+    arr = np.asarray(values, dtype=np.float64)
+    median, mad, mean, std, n = _statistics(arr, ddof)
     return {
         "median": median,
         "mad": mad,
@@ -391,6 +406,22 @@ def _summary(values: Sequence[float], ddof: int) -> dict[str, float]:
     }
 
 
+def _frames_summary(frames: np.ndarray, ddof: int) -> dict[str, float]:
+    """Statistics over all frames of all tracks pooled, plus the frame counts."""
+    median, mad, mean, std, n = _statistics(frames, ddof)
+    return {
+        "frames_median": median,
+        "frames_mad": mad,
+        "frames_mean": mean,
+        "frames_std": std,
+        "n_frames": int(frames.size),
+        "n_frames_excluded": int(frames.size - n),
+        # +-INF_DB stands for an exactly zero error term; it is kept (as in the per-track
+        # medians) but counted, since a few such frames dominate a pooled mean and std.
+        "n_frames_infinite": int(np.sum(np.abs(frames) >= INF_DB - 1e-3)),
+    }
+
+
 def aggregate(
     track_results: Sequence[Mapping[str, Any]],
     target: str = "vocals",
@@ -398,18 +429,32 @@ def aggregate(
     *,
     ddof: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """Thesis Table 4.3 statistics over tracks of the per-track medians of one target.
+    """Test-set statistics of one target: over per-track medians and over pooled frames.
 
-    For every metric (and for ``PES``/``EPS``): ``median``, ``mad`` (unscaled,
+    For every metric (and for ``PES``/``EPS``), over tracks: ``median``, ``mad`` (unscaled,
     ``median(|x - median(x)|)``), ``mean``, ``std`` (sample std, ``ddof=1``, as pandas and
     museval's DataFrame tables compute it; pass ``ddof=0`` for the population std; the thesis
-    does not say), ``n_tracks`` used and ``n_excluded`` (tracks whose value is NaN: all frames
-    silent for BSS metrics, no silent frame for PES/EPS). Accepts :func:`evaluate_track` results
-    or their JSON; plain museval JSON without ``median`` is reduced from its frames.
+    does not say) of the per-track medians, ``n_tracks`` used and ``n_excluded`` (tracks whose
+    value is NaN: every frame NaN for BSS metrics, e.g. an all-silent estimate; no silent frame
+    for PES/EPS). These follow museval's convention of skipping NaN, so a model that outputs
+    silence on hard tracks loses those tracks from the statistics instead of scoring badly;
+    the counts say how many.
+
+    For the BSS metrics also, over all frames of all tracks pooled (what museval's per-frame
+    DataFrame gives, and the only reading under which thesis Table 4.3's mean 0.26 dB and std
+    19.41 dB fit beside its median 5.46 dB): ``frames_median``, ``frames_mad``,
+    ``frames_mean``, ``frames_std`` (same MAD and ``ddof`` conventions, NaN frames skipped),
+    ``n_frames`` (all frames), ``n_frames_excluded`` (NaN frames: silent reference or estimate
+    in that frame) and ``n_frames_infinite`` (frames at +-INF_DB, an exactly zero error term;
+    kept as +-INF_DB like in the per-track medians, so they would dominate a pooled mean/std).
+
+    Accepts :func:`evaluate_track` results or their JSON, including files written by earlier
+    runs; plain museval JSON without ``median`` is reduced from its frames.
     """
     if not track_results:
         raise ValueError("aggregate() needs at least one track result")
     per_metric: dict[str, list[float]] = {m: [] for m in (*metrics, "PES", "EPS")}
+    frames: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
     for result in track_results:
         name = result.get("name", "<unnamed>")
         matches = [t for t in result.get("targets", []) if t.get("name") == target]
@@ -418,14 +463,20 @@ def aggregate(
                 f"track {name!r}: expected one target {target!r}, found {len(matches)}"
             )
         entry = matches[0]
-        medians = entry.get("median") or _target_medians(entry, metrics)
+        medians = entry.get("median") or {}
         for metric in metrics:
-            if metric not in medians:
-                medians = {**medians, **_target_medians(entry, [metric])}
-            per_metric[metric].append(float(medians[metric]))
+            values = _frame_values(entry, metric)
+            frames[metric].append(values)
+            stored = medians.get(metric)
+            median = _nan_stat(np.median, values) if stored is None else float(stored)
+            per_metric[metric].append(median)
         for key in ("PES", "EPS"):
-            per_metric[key].append(float(entry.get(key, float("nan"))))
-    return {key: _summary(values, ddof) for key, values in per_metric.items()}
+            value = entry.get(key)
+            per_metric[key].append(float("nan") if value is None else float(value))
+    out = {key: _summary(values, ddof) for key, values in per_metric.items()}
+    for metric in metrics:
+        out[metric].update(_frames_summary(np.concatenate(frames[metric]), ddof))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,22 +495,6 @@ def _check_file_stem(track_name: str) -> None:
         or "\0" in track_name
     ):
         raise ValueError(f"track name {track_name!r} cannot be used as a file name")
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write then os.replace, so a reader (or a crash) never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=True, default=float)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # Run first in every worker process, as ``exec(_WORKER_BOOTSTRAP, {...})`` (builtins pickle by

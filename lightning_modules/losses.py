@@ -144,9 +144,11 @@ def attractors(embeddings: Tensor, labels: Tensor, weights: Tensor | None = None
     """Attractors ``a_kn = sum_tf w_tf v_tfk y_tfn / sum_tf w_tf y_tfn`` (eq. 4.10): ``(B, K, N)``.
 
     The (weighted) centroid of the embeddings of the bins each source dominates; ``weights=None``
-    is eq. 4.10 as printed. The per-source ratio does not depend on the weights' scale, so they
-    are used as given. A source with no (weighted) bins gets the zero attractor, not NaN, which
-    makes its score ``V A`` zero for every bin in :func:`attractor_masks`.
+    is eq. 4.10 as printed (``ChimeraSeparator``'s default; its
+    ``attractor_weighting="magnitude"`` passes the mixture magnitudes). The per-source ratio
+    does not depend on the weights' scale, so they are used as given. A source with no
+    (weighted) bins gets the zero attractor, not NaN, which makes its score ``V A`` zero for
+    every bin in :func:`attractor_masks`.
     """
     _check_embeddings_and_labels(embeddings, labels)
     v = embeddings

@@ -30,7 +30,12 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lightning_modules.nets.pruning import get_threshold, set_threshold, sparsity
+from lightning_modules.nets.pruning import (
+    GRADIENTS,
+    get_threshold,
+    set_threshold,
+    sparsity,
+)
 
 PRUNED_LOSS = "val/pruned_loss"
 
@@ -48,6 +53,10 @@ class PSPConfig:
             weights keep the model's ``weight_decay``, 1e-5).
         include_transposed: also prune the up-sampling path's transposed convs (the thesis
             names only point-wise and 3x3 convs).
+        gradient: the structure gradient, ``"chain"`` (default: the chain rule through
+            ``q = w * nu``, ``sum dE/dq * w`` over the channel's weights) or ``"literal"``
+            (eq. 5.5 as printed, ``sum dE/dq``), so that the two can be compared
+            (``nets.pruning``'s docstring says why chain is the default).
     """
 
     threshold: float = 0.18
@@ -56,8 +65,11 @@ class PSPConfig:
     patience: int = 10
     weight_decay: float = 1e-2
     include_transposed: bool = False
+    gradient: str = "chain"
 
     def __post_init__(self) -> None:
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"PSP gradient must be one of {GRADIENTS}, got {self.gradient!r}")
         if self.threshold < 0 or self.step <= 0:
             raise ValueError(
                 f"PSP needs threshold >= 0 and step > 0, got {self.threshold}, {self.step}"

@@ -181,7 +181,7 @@ class SpectrogramSeparator(Separator):
         self.net = net
         self.pruning = pruning
         if pruning is not None:
-            add_psp(net, include_transposed=pruning.include_transposed)
+            add_psp(net, include_transposed=pruning.include_transposed, gradient=pruning.gradient)
         self.target_index = {"vocals": 0, "accompaniment": 1}[target]
         if normalize_input:
             bins = N_FFT // 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# ffmpeg on PATH before museval -> musdb -> stempeg, which refuses to import without it
+import datamodules  # noqa: F401  # isort: skip
 import json
 import math
 import os
@@ -243,6 +245,96 @@ def test_aggregate_reduces_plain_museval_json_and_rejects_missing_target():
     assert stats["SIR"]["median"] == pytest.approx(9.0)  # NaN frame ignored
     with pytest.raises(ValueError, match="plain"):
         aggregate([track], target="drums")
+
+
+def _frames_track(name: str, sdr: list[float]) -> dict:
+    """A track in museval's JSON layout with the given SDR per frame (SAR = SDR + 1)."""
+    frames = [
+        {"time": i, "duration": 1, "metrics": {"SDR": v, "SIR": v, "SAR": v + 1, "ISR": v}}
+        for i, v in enumerate(sdr)
+    ]
+    return {"name": name, "targets": [{"name": "vocals", "frames": frames}]}
+
+
+def test_aggregate_counts_excluded_tracks_and_frames_and_pools_frames_for_table_4_3():
+    """Hand-made frames: track A has a silent frame (NaN), B a very bad frame, C an all-silent
+    estimate (every frame NaN, as evaluate_track writes it). Every number is worked out by hand.
+    A few very negative frames pull the pooled mean far below the median while the per-track
+    medians do not move: the shape of thesis Table 4.3 (median 5.46, mean 0.26, std 19.41)."""
+    nan = float("nan")
+    track_a = _frames_track("A", [1.0, 3.0, nan, 7.0])  # median of 1, 3, 7: 3
+    track_b = _frames_track("B", [-20.0, 5.0, 6.0, 8.0])  # median 5.5
+    refs = _sources(2.0)
+    silent = refs.copy()
+    silent[0] = 0.0  # the model outputs silence for the vocals of this track
+    track_c = json.loads(json.dumps(evaluate_track("C", refs, silent, RATE)))  # 2 NaN frames
+    stats = aggregate([track_a, track_b, track_c], target="vocals")
+    sdr = stats["SDR"]
+
+    # over tracks: the medians 3 and 5.5; C is skipped (museval's convention) but counted
+    assert sdr["n_tracks"] == 2 and sdr["n_excluded"] == 1
+    assert sdr["median"] == pytest.approx(4.25)
+    assert sdr["mad"] == pytest.approx(1.25)
+    assert sdr["mean"] == pytest.approx(4.25)
+    assert sdr["std"] == pytest.approx(1.25 * math.sqrt(2))  # ddof=1 over two values
+
+    # over frames: 1, 3, 7, -20, 5, 6, 8 pooled; 1 + 2 NaN frames of 10 are excluded
+    assert sdr["n_frames"] == 10 and sdr["n_frames_excluded"] == 3
+    assert sdr["n_frames_infinite"] == 0
+    assert sdr["frames_median"] == pytest.approx(5.0)
+    assert sdr["frames_mad"] == pytest.approx(2.0)  # |x - 5| = 4, 2, 2, 25, 0, 1, 3
+    assert sdr["frames_mean"] == pytest.approx(10 / 7)
+    # sum of squares 584, so the squared deviations from 10/7 sum to 584 - 7 (10/7)^2
+    assert sdr["frames_std"] == pytest.approx(math.sqrt((584 - 100 / 7) / 6))
+    assert aggregate([track_a, track_b], ddof=0)["SDR"]["frames_std"] == pytest.approx(
+        math.sqrt((584 - 100 / 7) / 7)
+    )
+    # the other metrics are counted and pooled on their own
+    assert stats["SAR"]["frames_median"] == pytest.approx(6.0)
+    assert stats["SAR"]["n_frames_excluded"] == 3 and stats["SAR"]["n_excluded"] == 1
+    # PES/EPS keep their over-tracks statistics only: C's silent estimate shows up in EPS
+    assert "n_frames" not in stats["PES"]
+    assert stats["EPS"]["n_tracks"] == 1 and stats["EPS"]["n_excluded"] == 2
+
+
+def test_aggregate_keeps_infinite_frames_at_inf_db_and_counts_them():
+    """An exactly zero error term: museval's inf (stored as INF_DB, or as Infinity by other
+    writers) is kept at +-INF_DB in both the per-track and the pooled statistics, and counted."""
+    quantised = 313.0712  # INF_DB as museval's TrackStore quantises it
+    track = _frames_track("perfect", [quantised, 1.0, float("nan")])
+    old = json.loads(json.dumps(_frames_track("old", [float("inf"), -float("inf"), 2.0])))
+    stats = aggregate([track, old])["SDR"]
+    assert stats["n_frames"] == 6 and stats["n_frames_excluded"] == 1
+    assert stats["n_frames_infinite"] == 3
+    # pooled: -INF_DB, 1, 2, 313.0712, INF_DB -> median 2
+    assert stats["frames_median"] == pytest.approx(2.0)
+    assert stats["frames_mean"] == pytest.approx((quantised + 3.0) / 5, abs=1e-3)
+    # per track: (313.0712 + 1) / 2 and median(INF_DB, -INF_DB, 2) = 2
+    assert stats["median"] == pytest.approx(((quantised + 1.0) / 2 + 2.0) / 2, abs=1e-3)
+
+
+def test_aggregate_reads_files_of_earlier_runs_and_museval_itself():
+    """museval's own TrackStore JSON (NaN literals, no medians, no PES/EPS) and frames with
+    ``null`` values, as other JSON writers store NaN, are aggregated like our files."""
+    store = museval.TrackStore(track_name="museval", win=1.0, hop=1.0)
+    store.add_target(
+        target_name="vocals",
+        values={
+            "SDR": [2.0, math.nan, 4.0],
+            "SIR": [1.0, math.nan, 1.0],
+            "SAR": [3.0] * 3,
+            "ISR": [5.0] * 3,
+        },
+    )
+    from_museval = {"name": "museval", **json.loads(store.json)}
+    with_null = _frames_track("null", [6.0, 8.0])
+    with_null["targets"][0]["frames"][1]["metrics"]["SDR"] = None
+    stats = aggregate([from_museval, with_null])
+    assert stats["SDR"]["n_frames"] == 5 and stats["SDR"]["n_frames_excluded"] == 2
+    assert stats["SDR"]["median"] == pytest.approx(4.5)  # per-track medians 3 and 6
+    assert stats["SDR"]["frames_median"] == pytest.approx(4.0)  # frames 2, 4, 6
+    assert stats["SAR"]["n_frames_excluded"] == 0  # only the null frame's SDR is missing
+    assert stats["PES"]["n_tracks"] == 0 and stats["PES"]["n_excluded"] == 2
 
 
 # ------------------------------------------------------------------------------------------------

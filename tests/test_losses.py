@@ -372,3 +372,71 @@ def test_chimera_loss_weighting() -> None:
 def test_chimera_loss_rejects_bad_alpha(alpha: float) -> None:
     with pytest.raises(ValueError):
         chimera_loss(torch.tensor(1.0), torch.tensor(1.0), alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# ChimeraSeparator's attractor loss (Table 4.13, "SA, Attractor loss")
+# --------------------------------------------------------------------------------------------
+
+
+def _brute_force_attractor_loss(
+    mixture: list[list[float]],
+    vocals: list[list[float]],
+    embeddings: list[list[list[float]]],
+    weighted: bool,
+) -> float:
+    """Eq. 4.10/4.11 by hand on real, non-negative spectrograms (so |X - S| = X - S): labels by
+    the louder source per bin, attractors as (|X|-weighted if ``weighted``) means of the
+    embeddings of each source's bins, the vocals' softmax mask, then the MSE of mask * |X|."""
+    bins = [(f, t) for f in range(len(mixture)) for t in range(len(mixture[0]))]
+    dominant = {
+        b: 0 if vocals[b[0]][b[1]] >= mixture[b[0]][b[1]] - vocals[b[0]][b[1]] else 1 for b in bins
+    }
+    k = len(embeddings[0][0])
+    centres = []
+    for source in (0, 1):
+        members = [b for b in bins if dominant[b] == source]
+        weight = {b: mixture[b[0]][b[1]] if weighted else 1.0 for b in members}
+        total = sum(weight.values())
+        centres.append(
+            [sum(weight[b] * embeddings[b[0]][b[1]][j] for b in members) / total for j in range(k)]
+        )
+    error = 0.0
+    for f, t in bins:
+        v = embeddings[f][t]
+        scores = [sum(v[j] * centre[j] for j in range(k)) for centre in centres]
+        mask = math.exp(scores[0]) / (math.exp(scores[0]) + math.exp(scores[1]))
+        error += (mask * mixture[f][t] - vocals[f][t]) ** 2
+    return error / len(bins)
+
+
+def test_attractor_loss_follows_eq_4_10_unweighted_by_default_magnitude_as_option() -> None:
+    from lightning_modules.chimera import ChimeraSeparator
+    from lightning_modules.nets import MultiHeadMMDenseNet
+
+    # 2 x 2 bins; vocals dominate (0, 0) and (1, 1), whose mixture magnitudes 4 and 3 differ,
+    # so |X| weighting moves the vocals' attractor from (0.5, -0.5) to (4/7, -3/7).
+    mixture = [[4.0, 1.0], [2.0, 3.0]]
+    vocals = [[3.0, 0.0], [0.5, 2.0]]
+    embeddings = [[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.0, -1.0]]]  # [f][t] -> (K = 2)
+    as_tensor = torch.tensor
+    mix = as_tensor(mixture, dtype=F64)[None].to(torch.complex128)
+    voc = as_tensor(vocals, dtype=F64)[None].to(torch.complex128)
+    emb = as_tensor(embeddings, dtype=F64).permute(2, 0, 1)[None]  # (B, K, F, T)
+
+    net = MultiHeadMMDenseNet(embedding_split="pre_block")
+    losses = {}
+    for weighting in ("none", "magnitude"):
+        model = ChimeraSeparator(
+            net, clustering="attractor", attractor_weighting=weighting, context_frames=8
+        )
+        losses[weighting] = float(model.clustering_loss(mix, voc, emb))
+    default = ChimeraSeparator(net, clustering="attractor", context_frames=8)
+    assert default.attractor_weighting == "none"
+    expected = _brute_force_attractor_loss(mixture, vocals, embeddings, weighted=False)
+    assert losses["none"] == pytest.approx(expected, rel=1e-12)
+    expected_weighted = _brute_force_attractor_loss(mixture, vocals, embeddings, weighted=True)
+    assert losses["magnitude"] == pytest.approx(expected_weighted, rel=1e-12)
+    assert abs(losses["none"] - losses["magnitude"]) > 1e-3
+    with pytest.raises(ValueError, match="attractor_weighting"):
+        ChimeraSeparator(net, clustering="attractor", attractor_weighting="power")

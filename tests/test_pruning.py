@@ -21,6 +21,7 @@ from lightning_modules.nets.pruning import (
     psp_modules,
     register_layer_rules,
     remove_pruned_channels,
+    set_gradient,
     set_threshold,
     sparsity,
     structure_counts,
@@ -63,12 +64,14 @@ def test_threshold_is_eq_5_3_with_a_straight_through_gradient() -> None:
     assert alpha.grad.tolist() == pytest.approx(list(range(6)))
 
 
-def test_structure_gradient_is_eq_5_5() -> None:
-    """dE/d alpha_c = sum_{k,r,s} dE/dq_{k,c,r,s} w_{k,c,r,s}, pruned channels included."""
+def test_default_structure_gradient_is_the_chain_rule_sum_of_dE_dq_times_w() -> None:
+    """Default ("chain"): dE/d alpha_c = sum_{k,r,s} dE/dq_{k,c,r,s} w_{k,c,r,s}, pruned
+    channels included (not eq. 5.5 as printed, which has no factor w)."""
     conv = nn.Conv2d(5, 3, 3, padding=1, bias=False)
     weight = conv.weight.detach().clone()
     add_psp(nn.Sequential(conv), exclude=())
     psp = conv.parametrizations.weight[0]
+    assert psp.gradient == "chain"
     with torch.no_grad():
         psp.alpha.copy_(torch.tensor([0.9, -0.05, 0.4, 0.01, -0.7]))
     psp.epsilon.fill_(0.1)
@@ -82,6 +85,83 @@ def test_structure_gradient_is_eq_5_5() -> None:
     # The weights see the sparse parameters: nothing reaches a pruned channel's weights.
     original = conv.parametrizations.weight.original
     assert original.grad[:, 1].abs().sum() == 0 and original.grad[:, 0].abs().sum() > 0
+
+
+def _hand_built_psp_conv(gradient: str) -> tuple[nn.Conv2d, Tensor, Tensor]:
+    """A 3 -> 2 channel 2x2 conv (float64) with hand-picked weights, PSP at epsilon 0.1:
+    channel 0 kept (alpha 0.8, positive weights), 1 pruned (alpha 0.05), 2 kept (alpha -0.5,
+    negative weights); plus its stored weights ``w`` and an input."""
+    w = torch.tensor(
+        [
+            [[[1.0, 0.5], [0.2, 0.3]], [[0.4, -0.6], [0.1, 0.7]], [[-1.0, -0.3], [-0.2, -0.8]]],
+            [[[0.6, 0.1], [0.9, 0.4]], [[-0.5, 0.2], [0.3, -0.1]], [[-0.4, -0.9], [-0.6, -0.1]]],
+        ],
+        dtype=torch.float64,
+    )
+    conv = nn.Conv2d(3, 2, 2, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    add_psp(nn.Sequential(conv), exclude=(), gradient=gradient)
+    psp = conv.parametrizations.weight[0]
+    with torch.no_grad():
+        psp.alpha.copy_(torch.tensor([0.8, 0.05, -0.5], dtype=torch.float64))
+    psp.epsilon.fill_(0.1)
+    x = torch.arange(2 * 3 * 3 * 3, dtype=torch.float64).reshape(2, 3, 3, 3).sin()
+    return conv, w, x
+
+
+def _loss(x: Tensor, q: Tensor) -> Tensor:
+    """E(q): a quadratic loss of the convolution's output (central differences are exact)."""
+    return (F.conv2d(x, q) - 0.5).square().sum()
+
+
+def test_chain_and_literal_structure_gradients_differ_and_match_brute_force() -> None:
+    """Brute force by central differences of E on explicit tensors, no PSP code involved:
+    chain = dE/d nu_c of E(w * nu), literal (eq. 5.5 as printed) = d/dh E(q + h 1_c), the
+    sum over channel c of the gradient of the weights the convolution uses."""
+    nu = torch.tensor([0.8, 0.0, -0.5], dtype=torch.float64)  # eq. 5.3 at epsilon 0.1
+    h = 1e-4
+    grads = {}
+    for gradient in ("chain", "literal"):
+        conv, w, x = _hand_built_psp_conv(gradient)
+        psp = conv.parametrizations.weight[0]
+        _loss(x, conv.weight).backward()
+        grads[gradient] = psp.alpha.grad.clone()
+        # the weights get dE/dq * nu in both readings (pruned channel: nothing)
+        q = (w * nu[None, :, None, None]).requires_grad_(True)
+        _loss(x, q).backward()
+        expected_w = q.grad * nu[None, :, None, None]
+        original = conv.parametrizations.weight.original
+        torch.testing.assert_close(original.grad, expected_w)
+
+    _, w, x = _hand_built_psp_conv("chain")
+    q = w * nu[None, :, None, None]
+    chain, literal = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for c in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[c] = h
+        plus = _loss(x, w * (nu + step)[None, :, None, None])
+        minus = _loss(x, w * (nu - step)[None, :, None, None])
+        chain[c] = (plus - minus) / (2 * h)
+        shift = torch.zeros_like(q)
+        shift[:, c] = h
+        literal[c] = (_loss(x, q + shift) - _loss(x, q - shift)) / (2 * h)
+    torch.testing.assert_close(grads["chain"], chain, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(grads["literal"], literal, rtol=1e-7, atol=1e-7)
+    # The readings differ, even in sign where a channel's weights are negative.
+    assert not torch.allclose(grads["chain"], grads["literal"], rtol=0.1)
+    assert grads["literal"][1] != 0 and grads["chain"][1] != 0  # pruned channel learns
+    assert torch.sign(grads["chain"][2]) != torch.sign(grads["literal"][2])
+
+
+def test_gradient_reading_can_be_switched_and_is_validated() -> None:
+    net = add_psp(nn.Sequential(nn.Conv2d(2, 2, 1)), exclude=())
+    set_gradient(net, "literal")
+    assert {m.gradient for m in psp_modules(net)} == {"literal"}
+    with pytest.raises(ValueError, match="gradient"):
+        set_gradient(net, "sum")
+    with pytest.raises(ValueError, match="gradient"):
+        add_psp(nn.Sequential(nn.Conv2d(2, 2, 1)), exclude=(), gradient="sum")
 
 
 def test_psp_covers_every_conv_but_input_and_output_layers() -> None:

@@ -13,6 +13,7 @@ from lightning_modules.nets import MMDenseNet
 from lightning_modules.nets.pruning import (
     add_psp,
     get_threshold,
+    psp_modules,
     remove_pruned_channels,
     set_threshold,
     sparsity,
@@ -57,6 +58,15 @@ def test_structure_parameters_have_their_own_decoupled_decay_group() -> None:
     assert any(p is original for p in groups[0]["params"])
     optimizer = model.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW)  # decoupled weight decay
+
+
+def test_config_gradient_reaches_every_structure() -> None:
+    """PSPConfig(gradient=...) picks the reading of eq. 5.5: "chain" (default) or "literal"."""
+    assert PSPConfig().gradient == "chain"
+    model = SpectrogramSeparator(MMDenseNet(), pruning=PSPConfig(gradient="literal"))
+    assert {m.gradient for m in psp_modules(model.net)} == {"literal"}
+    with pytest.raises(ValueError, match="gradient"):
+        PSPConfig(gradient="sum")
 
 
 class _FakeModule:
@@ -133,7 +143,8 @@ def test_threshold_rises_after_training_and_the_best_checkpoint_is_fully_pruned(
 
     # The tested checkpoint is at the final threshold and reloads through load_separator.
     assert result["checkpoint"].endswith("best.ckpt")
-    model = load_separator(result["checkpoint"])
+    checkpoint = tmp_path / "run" / result["checkpoint"]  # result.json may store it relative
+    model = load_separator(checkpoint)
     assert get_threshold(model.net) == pytest.approx(0.05)
     assert sparsity(model.net) == pytest.approx(sparsities[-1])
     plain = remove_pruned_channels(model.net)
@@ -144,7 +155,7 @@ def test_threshold_rises_after_training_and_the_best_checkpoint_is_fully_pruned(
         )
 
     # The tables count the pruned row on its removed network.
-    columns = efficiency_columns(resolve(config), 8, result["checkpoint"])
+    columns = efficiency_columns(resolve(config), 8, str(checkpoint))
     assert columns["Parameters"] == count_parameters(plain) < count_parameters(MMDenseNet())
     assert columns["MACs"] == count_macs(plain, 8) < count_macs(MMDenseNet(), 8)
     assert columns["Sparsity"] == pytest.approx(100 * sparsities[-1])

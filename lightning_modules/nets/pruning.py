@@ -4,9 +4,19 @@ Every convolution except the network's input and output layers gets one dense st
 parameter ``alpha_c`` per input channel, initialised U[-1, 1] (thesis 5.4.2: the original
 Gaussian made training diverge). The forward pass uses ``q = w * nu(alpha)`` with the
 threshold function of eq. 5.3, ``nu = alpha if |alpha| >= epsilon else 0``, and a
-straight-through gradient (eq. 5.4/5.5): ``d nu / d alpha = 1``, so the chain rule gives
-``dE/d alpha_c = sum_{k,r,s} dE/dq_{k,c,r,s} * w_{k,c,r,s}`` and a pruned channel keeps
-receiving gradient and may come back.
+straight-through estimator ``d nu / d alpha = 1`` (eq. 5.4's ``dE/d nu = dE/d alpha``). Two
+readings of the structure gradient (``gradient``):
+
+* ``"chain"`` (default): the chain rule through ``q = w * nu``,
+  ``dE/d alpha_c = sum_{k,r,s} dE/dq_{k,c,r,s} * w_{k,c,r,s}``: the derivative of E with respect
+  to a channel's scale, what autograd gives for the forward pass the thesis describes;
+* ``"literal"``: eq. 5.5 as printed, ``dE/d alpha_c = sum_{k,r,s} dE/dW_{k,c,r,s}`` with ``W``
+  the weights the convolution uses (``q``): the sum of the channel's weight gradients, without
+  the factor ``w``. (Reading ``W`` as the stored ``w`` instead would add a factor ``nu_c``, so a
+  pruned channel would get no gradient and could never come back, against the thesis's own
+  "improperly pruned structures are allowed to reappear".)
+
+Both keep a pruned channel learning, and in both the weights get ``dE/dq * nu``.
 
 The parameters are attached with ``torch.nn.utils.parametrize``: a pruned network keeps its
 module types (``Conv2d``, ``ConvTranspose2d``), so counting and the existing code still work.
@@ -31,6 +41,15 @@ from lightning_modules.nets.mmdensenet import BottleneckDenseLayer, DenseLayer
 #: sensitive output and input layers" dense (5.4.2).
 DEFAULT_EXCLUDE = ("input_conv", "output_conv")
 
+#: Readings of the structure gradient, eq. 5.4/5.5 (module docstring).
+GRADIENTS = ("chain", "literal")
+
+
+def _check_gradient(gradient: str) -> str:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"PSP gradient must be one of {GRADIENTS}, got {gradient!r}")
+    return gradient
+
 
 def threshold(alpha: Tensor, epsilon: float | Tensor) -> Tensor:
     """Sparse structure parameters ``nu`` (eq. 5.3) with a straight-through gradient (eq. 5.4).
@@ -47,12 +66,20 @@ class InputChannelPSP(nn.Module):
 
     ``dim`` is the weight's input-channel axis: 1 for ``Conv2d`` (out, in, kh, kw), 0 for
     ``ConvTranspose2d`` (in, out, kh, kw). ``epsilon`` is a buffer so that checkpoints keep
-    the threshold a model was trained and evaluated with.
+    the threshold a model was trained and evaluated with. ``gradient`` picks the reading of
+    eq. 5.5 (module docstring); it changes only the backward pass, not the output.
     """
 
-    def __init__(self, channels: int, dim: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        generator: torch.Generator | None = None,
+        gradient: str = "chain",
+    ) -> None:
         super().__init__()
         self.dim = dim
+        self.gradient = _check_gradient(gradient)
         alpha = torch.empty(channels).uniform_(-1.0, 1.0, generator=generator)
         self.alpha = nn.Parameter(alpha)
         self.register_buffer("epsilon", torch.zeros(()))
@@ -67,7 +94,12 @@ class InputChannelPSP(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         shape = [1] * weight.ndim
         shape[self.dim] = -1
-        return weight * self.nu().view(shape)
+        nu = self.nu().view(shape)
+        if self.gradient == "chain":
+            return weight * nu
+        # Same value; d q / d alpha_c = 1 for every weight of channel c instead of w, so alpha_c
+        # receives the plain sum of the channel's weight gradients dE/dq.
+        return weight * nu.detach() + (nu - nu.detach())
 
 
 class ChannelSelect(nn.Module):
@@ -116,13 +148,16 @@ def add_psp(
     include_transposed: bool = False,
     exclude: Iterable[str] = DEFAULT_EXCLUDE,
     generator: torch.Generator | None = None,
+    gradient: str = "chain",
 ) -> nn.Module:
     """Attach PSP structure parameters (U[-1, 1]) to ``net`` in place and return it.
 
     Multi-head networks are pruned through ``inference_net()``: training-only heads are
     dropped at inference, so pruning them would save nothing. The threshold starts at 0
     (thesis: "set to zero initially"), so nothing is pruned until ``set_threshold``.
+    ``gradient``: the reading of eq. 5.5, ``"chain"`` or ``"literal"`` (``set_gradient``).
     """
+    _check_gradient(gradient)
     target = net.inference_net() if hasattr(net, "inference_net") else net
     convs = prunable_convs(target, include_transposed, exclude)
     if not convs:
@@ -132,9 +167,10 @@ def add_psp(
             raise ValueError("PSP is already attached to this network")
         dim = _input_dim(conv)
         channels = conv.weight.shape[dim]
-        parametrize.register_parametrization(
-            conv, "weight", InputChannelPSP(channels, dim, generator)
-        )
+        # drawn in float32 on the CPU (the same draws whatever the net), then on the weight's
+        # dtype and device
+        psp = InputChannelPSP(channels, dim, generator, gradient).to(conv.weight)
+        parametrize.register_parametrization(conv, "weight", psp)
     return net
 
 
@@ -161,6 +197,17 @@ def set_threshold(net: nn.Module, epsilon: float) -> None:
         raise ValueError(f"{type(net).__name__} has no PSP structure parameters")
     for module in modules:
         module.epsilon.fill_(epsilon)
+
+
+def set_gradient(net: nn.Module, gradient: str) -> None:
+    """Choose the structure gradient of every structure of ``net``: ``"chain"`` (the chain
+    rule through ``q = w * nu``) or ``"literal"`` (eq. 5.5 as printed); module docstring."""
+    _check_gradient(gradient)
+    modules = psp_modules(net)
+    if not modules:
+        raise ValueError(f"{type(net).__name__} has no PSP structure parameters")
+    for module in modules:
+        module.gradient = gradient
 
 
 def get_threshold(net: nn.Module) -> float:

@@ -21,7 +21,14 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datamodules.activity import most_active_window
-from datamodules.cache import SOURCES, SplitAudio, build_split, cache_key, load_split
+from datamodules.cache import (
+    SOURCES,
+    SplitAudio,
+    build_split,
+    cache_key,
+    load_split,
+    open_tracks,
+)
 from datamodules.sampler import (
     TARGET_SETS,
     ExcerptSampler,
@@ -46,12 +53,30 @@ def detect_is_wav(root: Path) -> bool:
     for subset in ("train", "test"):
         if any((root / subset).glob("*.stem.mp4")):
             return False
-        if any(p.is_dir() for p in (root / subset).glob("*")):
+        if any((root / subset).glob("*/mixture.wav")):
             return True
     raise FileNotFoundError(
         f"{root} holds no MUSDB18 tracks: expected train/ and test/ with *.stem.mp4 files "
-        "or one folder per track (wav layout)"
+        "or one folder per track with mixture.wav and the stems (wav layout)"
     )
+
+
+def check_musdb_root(root: str | Path) -> bool:
+    """Refuse a MUSDB18 root that does not exist or holds no tracks in a layout musdb reads,
+    in both ``train/`` and ``test/``, naming the path; returns whether it is the wav layout.
+    Reads file names only, so a table can check it before planning anything."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"MUSDB18 root {path} does not exist (MUSDB_ROOT or data.root)")
+    is_wav = detect_is_wav(path)
+    pattern = "*/mixture.wav" if is_wav else "*.stem.mp4"
+    for subset in ("train", "test"):
+        if not any((path / subset).glob(pattern)):
+            raise FileNotFoundError(
+                f"MUSDB18 root {path}: {path / subset} holds no tracks ({pattern}); "
+                "MUSDB18 has train/ (100 tracks) and test/ (50 tracks)"
+            )
+    return is_wav
 
 
 def official_validation_tracks() -> list[str]:
@@ -187,14 +212,12 @@ class MUSDBDataModule(L.LightningDataModule):
             path = write_synthetic_musdb(self.cache_dir / folder, **options)
             return Path(path), True
         path = Path(root).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"MUSDB18 root {path} does not exist")
-        is_wav = self.hparams.is_wav if self.hparams.is_wav is not None else detect_is_wav(path)
-        return path, is_wav
+        is_wav = check_musdb_root(path)
+        return path, self.hparams.is_wav if self.hparams.is_wav is not None else is_wav
 
     def _split_tracks(self, root: Path, is_wav: bool) -> dict[str, list]:
-        db_train = musdb.DB(root=str(root), is_wav=is_wav, subsets="train")
-        db_test = musdb.DB(root=str(root), is_wav=is_wav, subsets="test")
+        db_train = open_tracks(root, is_wav, "train")
+        db_test = open_tracks(root, is_wav, "test")
         if len(db_train) == 0 or len(db_test) == 0:
             raise FileNotFoundError(
                 f"{root}: found {len(db_train)} train and {len(db_test)} test tracks "

@@ -26,7 +26,7 @@ from sweeps.executors import (
 from sweeps.hpo import available_spaces
 from sweeps.hpo import summary as search_summary
 from sweeps.plan import plan_table
-from sweeps.render import render
+from sweeps.render import render, results_dir
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
 from sweeps.storage import Heartbeat, dashboard_command, describe
 from sweeps.study import RowsFailed, failures, study_name
@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--runs-dir", type=Path, default=REPO / "runs", help="where run folders live"
         )
-        sub.add_argument("--results-dir", type=Path, default=REPO / "results")
+        sub.add_argument(
+            "--results-dir",
+            type=Path,
+            default=REPO / "results",
+            help="tables go to <results-dir>/<profile>/table-<id>.*",
+        )
         if name == "render":
             continue
         sub.add_argument(
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if missing := failures(sweep):
                 failed = RowsFailed(missing)
-        paths = render(spec, plan_table(spec, profile, args.runs_dir), args.results_dir)
+        plans = plan_table(spec, profile, args.runs_dir)
+        paths = render(spec, plans, results_dir(profile, args.results_dir))
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

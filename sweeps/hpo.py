@@ -20,7 +20,7 @@ import yaml
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from sweeps.plan import with_data_root
+from sweeps.plan import checked_root, with_data_root
 from sweeps.plots import epoch_metrics
 from sweeps.runs import execute, resolve, run_dir_for
 from sweeps.specs import REPO, SpecError, apply_profile, deep_merge, load_profile
@@ -150,6 +150,7 @@ def open_search(
 ) -> tuple[SearchSpace, optuna.Study, str]:
     """Validate the space (one sample resolves) and create the study before any worker."""
     space = load_space(name)
+    checked_root(os.environ.get("MUSDB_ROOT"))  # a wrong data set: nothing is created
     probe = optuna.create_study(sampler=space.make_sampler())  # in memory: a dry sample
     resolve(trial_config(space, profile, space.suggest(probe.ask())))
     study = optuna.create_study(
@@ -173,15 +174,19 @@ def objective(space: SearchSpace, profile: str, runs_root: Path):  # noqa: ANN20
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", worker_name())
         pruning = PyTorchLightningPruningCallback(trial, monitor=space.monitor)
-        result = execute(
-            resolved,
-            run_dir,
-            profile=profile,
-            label=f"{space.name} trial {trial.number}",
-            wait=True,
-            test=False,
-            callbacks=[pruning],
-        )
+        try:
+            result = execute(
+                resolved,
+                run_dir,
+                profile=profile,
+                label=f"{space.name} trial {trial.number}",
+                wait=True,
+                test=False,
+                callbacks=[pruning],
+            )
+        except FloatingPointError as error:  # a NaN/inf loss: this trial fails, not the worker
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+            raise
         if result.get("resumed_from_epoch") is not None:
             trial.set_user_attr("resumed_from_epoch", result["resumed_from_epoch"])
         per_epoch = epoch_metrics(run_dir).get(space.monitor, {})
@@ -205,7 +210,8 @@ def run_search_worker(
     study.optimize(
         objective(space, profile, runs_root),
         callbacks=[MaxTrialsCallback(space.n_trials, states=FINISHED)],
-        catch=(RuntimeError, ValueError),
+        # Failures of one trial (a NaN loss, a bad sample) fail that trial; the worker goes on.
+        catch=(RuntimeError, ValueError, FloatingPointError),
     )
     return len(study.get_trials(deepcopy=False, states=FINISHED)) - before
 

@@ -8,9 +8,11 @@ A run folder is ``<runs>/<hash>/``, the hash of the run's *identity*: its fully 
    trainer, callbacks): adding an option whose default keeps the old behaviour keeps every
    finished run valid;
 3. with the **results version** of every class the config names (model, network, data module;
-   a class inherits its bases' versions): ``results_version`` is a class attribute, bumped by
-   the developer whose change alters that class's results. The old runs then no longer match
-   (they are *stale*: kept on disk, never rendered as current) and the rows run again.
+   a class inherits its bases' versions and those of the networks it builds, its
+   ``results_components``; the synthetic data set adds its generator's version).
+   ``results_version`` is a class attribute, bumped by the developer whose change alters that
+   class's results. The old runs then no longer match (they are *stale*: kept on disk, never
+   rendered as current) and the rows run again.
    ``tests/test_results_version.py`` pins a small result per version and fails when a result
    changes while the version did not, so a bump cannot be forgotten silently.
 
@@ -32,6 +34,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 
 from datamodules.musdb_datamodule import MUSDBDataModule
+from datamodules.synthetic import GENERATOR_VERSION
 
 #: Keys that change how a run is carried out or reported, never its numbers. Dotted paths into
 #: the resolved config. (``blocks_per_batch`` only groups the test's blocks per forward pass;
@@ -120,15 +123,30 @@ def _class_paths(value: Any) -> list[str]:
     return []
 
 
+def _versions_of(cls: type) -> dict[str, int]:
+    """``results_version`` of ``cls``, its bases and the versioned networks it builds inside
+    itself (``results_components``: MMDenseNet's MDenseNets, MultiHeadMMDenseNet's MMDenseNet),
+    which no config names but whose changes change its results."""
+    versions: dict[str, int] = {}
+    for klass in cls.__mro__:
+        own = vars(klass)
+        if "results_version" in own:
+            versions[klass.__qualname__] = int(own["results_version"])
+        for component in own.get("results_components", ()):
+            versions.update(_versions_of(component))
+    return versions
+
+
 def results_versions(resolved: dict[str, Any]) -> dict[str, int]:
     """``{class name: results_version}`` of the data module and of every class the config
-    names, with their base classes (a fix in a base class is a fix in every family)."""
+    names, with their base classes and components (a fix in a base class is a fix in every
+    family); on the synthetic data set also its generator's version."""
     classes = [MUSDBDataModule] + [_import(p) for p in _class_paths(resolved.get("model"))]
     versions = {}
     for cls in classes:
-        for klass in cls.__mro__:
-            if "results_version" in vars(klass):
-                versions[klass.__qualname__] = int(vars(klass)["results_version"])
+        versions.update(_versions_of(cls))
+    if not (resolved.get("data") or {}).get("root"):
+        versions["synthetic data"] = GENERATOR_VERSION
     return dict(sorted(versions.items()))
 
 

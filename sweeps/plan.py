@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datamodules.musdb_datamodule import check_musdb_root
 from sweeps.runs import resolve, run_dir_for
 from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile, load_table
 
@@ -66,14 +67,24 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
+def checked_root(root: str | None) -> str | None:
+    """The MUSDB18 root, absolute, after checking that it holds MUSDB18 (``SpecError`` naming
+    the path otherwise); None for the synthetic data set."""
+    if not root:
+        return None
+    try:
+        check_musdb_root(root)  # before any row is planned or any job submitted
+    except FileNotFoundError as error:
+        raise SpecError(str(error)) from error
+    return str(Path(root).expanduser().resolve())
+
+
 def with_data_root(config: dict[str, Any]) -> dict[str, Any]:
     """Write ``$MUSDB_ROOT`` into the config so that the data set is part of the run's hash:
     runs on synthetic data, on MUSDB18 and on two different MUSDB18 copies never share a
     folder. (Without a root, the synthetic data set's own arguments are in the config.)"""
-    root = os.environ.get("MUSDB_ROOT")
-    if root and not (config.get("data") or {}).get("root"):
-        return deep_merge(config, {"data.root": str(Path(root).expanduser().resolve())})
-    return config
+    root = checked_root((config.get("data") or {}).get("root") or os.environ.get("MUSDB_ROOT"))
+    return deep_merge(config, {"data.root": root}) if root else config
 
 
 def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:

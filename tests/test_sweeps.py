@@ -14,7 +14,7 @@ from lightning_modules.separate import main as separate_main
 from sweeps.__main__ import main as sweeps_main
 from sweeps.identity import config_hash
 from sweeps.plan import plan_table
-from sweeps.runs import execute, is_finished, resolve, run_dir_for
+from sweeps.runs import checkpoint_path, execute, is_finished, resolve, run_dir_for
 from sweeps.specs import (
     SpecError,
     available_tables,
@@ -23,6 +23,7 @@ from sweeps.specs import (
     load_profile,
     load_table,
 )
+from tests.conftest import fake_musdb_root
 
 TABLES_OF_THIS_ISSUE = {
     *("4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.12", "4.13", "4.14", "5.3")
@@ -41,11 +42,12 @@ def test_every_table_resolves_under_every_profile(tmp_path, monkeypatch) -> None
     """Every row validates under the smoke and ci profiles, and under the thesis profile with a
     MUSDB18 root (planning reads no data, so any path will do)."""
     assert TABLES_OF_THIS_ISSUE <= set(available_tables())
+    musdb18 = fake_musdb_root(tmp_path / "musdb18")
     for table_id in available_tables():
         spec = load_table(table_id)
         for profile in ("smoke", "ci", "thesis"):
             if profile == "thesis":
-                monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb18"))
+                monkeypatch.setenv("MUSDB_ROOT", str(musdb18))
             else:
                 monkeypatch.delenv("MUSDB_ROOT", raising=False)
             plans = [p for p in plan_table(spec, profile, tmp_path) if p.runnable]
@@ -158,7 +160,7 @@ def test_table_renders_with_published_numbers_and_provenance_then_resumes(tmp_pa
         str(results),
     ]
     assert sweeps_main(args) == 0
-    md = (results / "table-4.3.md").read_text()
+    md = (results / "ci" / "table-4.3.md").read_text()
     for expected in (
         "Table 4.3",
         "profile: ci",
@@ -169,7 +171,7 @@ def test_table_renders_with_published_numbers_and_provenance_then_resumes(tmp_pa
     ):
         assert expected in md
     assert "| SDR |" in md and "5.46" in md  # ours beside the thesis's median SDR
-    with open(results / "table-4.3.csv") as handle:
+    with open(results / "ci" / "table-4.3.csv") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:3] == ["label", "median", "median_published"]
     assert rows[0][-5:] == ["commit", "data", "profile", "device", "date"]
@@ -193,7 +195,7 @@ def test_oracle_table_orders_linear_above_coarse_mel(tmp_path) -> None:
     results = tmp_path / "results"
     args = ["table", "5.3", "--profile", "ci", "--runs-dir", str(tmp_path / "runs")]
     assert sweeps_main([*args, "--results-dir", str(results)]) == 0
-    table = json.loads((results / "table-5.3.json").read_text())["rows"]
+    table = json.loads((results / "ci" / "table-5.3.json").read_text())["rows"]
     sdr = {row["label"]: row["measured"]["SDR"] for row in table}
     assert sdr["STFT, 1024 bins"] > sdr["Mel, 128 bins"] > sdr["Mel, 64 bins"]
     for row in table:  # a well-conditioned BSS Eval: SIR above SDR
@@ -257,7 +259,8 @@ def test_separate_writes_stems_at_the_input_rate(tmp_path, capsys) -> None:
     t = torch.arange(22050 * 3) / 22050
     sf.write(song, torch.stack([torch.sin(2 * math.pi * 220 * t)] * 2, dim=1).numpy(), 22050)
     out = tmp_path / "out"
-    args = ["--input", str(song), "--checkpoint", result["checkpoint"], "--out", str(out)]
+    checkpoint = str(checkpoint_path(tmp_path / "run", result))
+    args = ["--input", str(song), "--checkpoint", checkpoint, "--out", str(out)]
     assert separate_main(args) == 0
     for stem in ("vocals", "accompaniment"):
         info = sf.info(out / f"song_{stem}.wav")
@@ -279,7 +282,8 @@ def test_second_stage_starts_from_the_first_stages_weights(tmp_path) -> None:
     result = execute(first.resolved, first.run_dir, profile="ci")
     model = _cli(materialise_references(second.resolved, tmp_path), parse_only=False).model
     model.setup("fit")
-    trained = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
+    checkpoint = checkpoint_path(first.run_dir, result)
+    trained = torch.load(checkpoint, weights_only=False)["state_dict"]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=0, atol=0, msg=key)
     unfinished = deep_merge(second.resolved, {"model.init_args.init_from": "run:000000000000"})
@@ -290,9 +294,9 @@ def test_second_stage_starts_from_the_first_stages_weights(tmp_path) -> None:
 def test_the_data_set_is_part_of_a_runs_identity(tmp_path, monkeypatch) -> None:
     spec = load_table("4.3")
     synthetic = plan_table(spec, "smoke", tmp_path)[0].run_dir
-    monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb-a"))
+    monkeypatch.setenv("MUSDB_ROOT", str(fake_musdb_root(tmp_path / "musdb-a")))
     real_a = plan_table(spec, "smoke", tmp_path)[0]
-    monkeypatch.setenv("MUSDB_ROOT", str(tmp_path / "musdb-b"))
+    monkeypatch.setenv("MUSDB_ROOT", str(fake_musdb_root(tmp_path / "musdb-b")))
     real_b = plan_table(spec, "smoke", tmp_path)[0].run_dir
     assert len({synthetic, real_a.run_dir, real_b}) == 3
     assert real_a.resolved["data"]["root"] == str(tmp_path / "musdb-a")

@@ -362,6 +362,8 @@ class MMDenseNet(nn.Module):
 
     #: Bump when a change alters this class's results (sweeps/identity.py).
     results_version: ClassVar[int] = 1
+    #: Versioned networks built inside this one: their changes change its results.
+    results_components: ClassVar[tuple[type, ...]] = (MDenseNet,)
 
     def __init__(
         self,

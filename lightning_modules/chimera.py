@@ -67,6 +67,9 @@ class ChimeraSeparator(SpectrogramSeparator):
             )
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if attractor_weighting != "none" and clustering != "attractor":
+            # it would change nothing but the run's identity (a duplicate run)
+            raise ValueError("attractor_weighting applies to clustering: attractor only")
         if clustering == "attractor" and self.front_end is not None:
             raise ValueError("the attractor loss is built for linear bins; use deep_clustering")
         self.alpha = alpha

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return subprocess.call(command)
     profile = args.profile or default_profile()
+    failed = None
     try:
         if args.command in ("worker", "hpo-worker"):
             kind = "table" if args.command == "worker" else "hpo"
@@ -165,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
             print(search_summary(study))
             return 0
         spec = load_table(args.table_id)
-        failed = None
         if args.command in ("table", "sweep"):
             with logging_to(getattr(args, "logger", "csv"), study_name(spec, profile)):
                 sweep = run_sweep(
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         plans = plan_table(spec, profile, args.runs_dir)
         paths = render(spec, plans, results_dir(profile, args.results_dir))
     except SpecError as error:
+        if failed:  # rows failed, and the table could not be rendered either
+            print(f"error: {failed}", file=sys.stderr)
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"rendered {paths['md']} and {paths['csv']}")

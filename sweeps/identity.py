@@ -16,17 +16,21 @@ A run folder is ``<runs>/<hash>/``, the hash of the run's *identity*: its fully 
    ``tests/test_results_version.py`` pins a small result per version and fails when a result
    changes while the version did not, so a bump cannot be forgotten silently.
 
-``row_key`` is the same hash without the versions: a run of the same row made by older code
-has the same key, which is how stale runs are recognised.
+``row_key`` is the same hash without the versions (and with the runs a run starts from or uses
+named by their own row keys): a run of the same row made by older code has the same key, which
+is how stale runs are recognised.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import importlib
 import json
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -36,6 +40,8 @@ from lightning.pytorch import Trainer
 from datamodules.musdb_datamodule import MUSDBDataModule
 from datamodules.synthetic import GENERATOR_VERSION
 
+#: How a config names another run (the one it starts from, or uses): ``run:<hash>``.
+RUN_REFERENCE = "run:"
 #: Keys that change how a run is carried out or reported, never its numbers. Dotted paths into
 #: the resolved config. (``blocks_per_batch`` only groups the test's blocks per forward pass;
 #: ``eval_workers`` is how many processes run museval; ``cache_dir`` where decoded audio lives.)
@@ -78,13 +84,35 @@ def _defaults(cls: type) -> dict[str, Any]:
     return yaml.safe_load(dumped) or {}  # the dump leaves out None defaults
 
 
+@functools.cache
+def _dataclass_parameters(cls: type) -> dict[str, type]:
+    """Constructor parameters typed as a dataclass (or an optional one): ``PSPConfig``,
+    ``BandConfig``. Their values are dicts in a resolved config, compared field by field."""
+    found: dict[str, type] = {}
+    for klass in reversed(cls.__mro__):  # a subclass passing **kwargs on: its bases' too
+        try:
+            hints = typing.get_type_hints(vars(klass).get("__init__"))
+        except Exception:  # no own __init__, or an annotation that cannot be evaluated
+            continue
+        for name, hint in hints.items():
+            for candidate in (hint, *typing.get_args(hint)):
+                if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+                    found[name] = candidate
+    return found
+
+
 def _without_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
     defaults = _defaults(cls)
+    structured = _dataclass_parameters(cls)
     kept = {}
     for key, value in values.items():
         value = _canonical(value)
         if defaults.get(key) == value:  # a None value and a None (left out) default too
             continue
+        if key in structured and isinstance(value, dict):
+            # a new field at its default keeps the runs made before it existed (kept as {}
+            # when every field is at its default: that differs from the parameter's default)
+            value = _without_defaults(value, structured[key])
         kept[key] = value
     return kept
 
@@ -187,6 +215,21 @@ def config_hash(resolved: dict[str, Any]) -> str:
     return _digest(identity(resolved))
 
 
-def row_key(resolved: dict[str, Any]) -> str:
-    """The hash without results versions: equal for a run and its stale predecessors."""
-    return _digest(identity(resolved, versions=False))
+def _referenced_keys(value: Any, references: Mapping[str, str]) -> Any:
+    """``run:<hash>`` -> ``row:<row key of that run>``, wherever it appears."""
+    if isinstance(value, str) and value.startswith(RUN_REFERENCE):
+        run = value.removeprefix(RUN_REFERENCE)
+        return f"row:{references.get(run, run)}"
+    if isinstance(value, dict):
+        return {key: _referenced_keys(v, references) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_referenced_keys(v, references) for v in value]
+    return value
+
+
+def row_key(resolved: dict[str, Any], references: Mapping[str, str] | None = None) -> str:
+    """The hash without results versions: equal for a run and its stale predecessors.
+    ``references`` maps the hash of every run this one starts from or uses (``run:<hash>``,
+    a hash that contains versions) to that run's own row key, so that a multi-stage row or a
+    row using another row keeps its key across a version bump too."""
+    return _digest(_referenced_keys(identity(resolved, versions=False), references or {}))

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.musdb_datamodule import check_musdb_root
+from sweeps.identity import RUN_REFERENCE, row_key
 from sweeps.runs import resolve, run_dir_for
 from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile, load_table
 
 ROW_REFERENCE = "row:"
-RUN_REFERENCE = "run:"
 
 
 @dataclass(frozen=True)
 class Stage:
     resolved: dict[str, Any]
     run_dir: Path
+    key: str  # its row key (sweeps.identity.row_key): the same for its stale predecessors
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
     overrides = load_profile(profile)
     rows = {row.label: row for row in spec.rows}
     plans: dict[str, RowPlan] = {}
+    keys: dict[str, str] = {}  # run hash -> row key, for the rows that use it
 
     def plan(row: Row, visiting: tuple[str, ...]) -> RowPlan:
         if row.label in plans:
@@ -124,7 +126,9 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
                     config, {"model.init_args.init_from": RUN_REFERENCE + stages[-1].run_dir.name}
                 )
             resolved = resolve(config)
-            stages.append(Stage(resolved, run_dir_for(resolved, runs_root)))
+            run_dir = run_dir_for(resolved, runs_root)
+            keys[run_dir.name] = row_key(resolved, keys)
+            stages.append(Stage(resolved, run_dir, keys[run_dir.name]))
         plans[row.label] = RowPlan(row, tuple(stages), tuple(dict.fromkeys(requires)))
         return plans[row.label]
 

@@ -27,7 +27,6 @@ from lightning_modules.dsp import mel_filterbank
 from lightning_modules.evaluation import aggregate
 from lightning_modules.figures import mel_filterbank_figure
 from lightning_modules.stats import network_stats, trained_network_stats
-from sweeps.identity import row_key
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
 from sweeps.runs import RESULT, checkpoint_path, load_result
@@ -124,15 +123,24 @@ def efficiency_columns(
     }
 
 
-def stale_run(plan: RowPlan) -> dict[str, Any] | None:
+def finished_runs_by_key(runs_root: Path) -> dict[str, dict[str, Any]]:
+    """Every finished run under ``runs_root`` by its row key, the newest where several share
+    one (read once per render)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for path in runs_root.glob(f"*/{RESULT}"):
+        result = load_result(path.parent)
+        key = result.get("row_key") if result else None
+        newer = key not in runs or result["provenance"]["date"] >= runs[key]["provenance"]["date"]
+        if key and newer:
+            runs[key] = {"run": path.parent.name, **result}
+    return runs
+
+
+def stale_run(plan: RowPlan, finished: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """A finished run of this row made by code of another results version (same row key), or
     None. Its numbers are never shown as current; the table names it so the user knows."""
-    key = row_key(plan.resolved)
-    for path in sorted(plan.run_dir.parent.glob(f"*/{RESULT}")):
-        if path.parent != plan.run_dir and (result := load_result(path.parent)):
-            if result.get("row_key") == key:
-                return {"run": path.parent.name, **result}
-    return None
+    found = finished.get(plan.stages[-1].key)
+    return found if found and found["run"] != plan.run_dir.name else None
 
 
 def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
@@ -158,14 +166,15 @@ def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
     return {"values": values, "scores": scores, "result": result}
 
 
-def row_status(plan: RowPlan, m: dict | None) -> dict[str, Any]:
-    """What the table says about a row's run: status, run folder, commit that made it."""
+def row_status(plan: RowPlan, m: dict | None, finished: dict[str, dict]) -> dict[str, Any]:
+    """What the table says about a row's run: status, run folder, commit that made it.
+    ``finished``: the runs folder's finished runs by row key (``finished_runs_by_key``)."""
     if m:
         provenance = m["result"]["provenance"]
         return {"status": "current", "run": plan.run_dir.name, "commit": provenance["commit"]}
     if not plan.runnable:
         return {"status": "not run", "run": None, "commit": None}
-    if stale := stale_run(plan):
+    if stale := stale_run(plan, finished):
         return {"status": "stale", "run": stale["run"], "commit": stale["provenance"]["commit"]}
     return {"status": "not run", "run": plan.run_dir.name, "commit": None}
 
@@ -297,7 +306,9 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
     current finished runs of ``plans``; refuses (:class:`WouldDestroy`) to replace measured
     rows it cannot find."""
     measured = [measured_row(spec, plan) for plan in plans]
-    statuses = [row_status(plan, m) for plan, m in zip(plans, measured, strict=True)]
+    roots = {plan.run_dir.parent for plan in plans if plan.runnable}
+    finished = {k: v for root in roots for k, v in finished_runs_by_key(root).items()}
+    statuses = [row_status(plan, m, finished) for plan, m in zip(plans, measured, strict=True)]
     payload = {
         "table": spec.id,
         "rows": [

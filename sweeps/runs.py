@@ -8,7 +8,6 @@ again. A lock file keeps two processes from working on the same run at once.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import fcntl
 import json
 import os
@@ -24,10 +23,10 @@ import yaml
 from lightning.pytorch import Callback
 
 from datamodules.files import write_atomic, write_json_atomic
-from datamodules.provenance import git_commit
+from datamodules.provenance import git_commit, utc_now
 from lightning_modules.cli import SuiteCLI, make_cli
 from sweeps import tracking
-from sweeps.identity import config_hash, results_versions, row_key
+from sweeps.identity import RUN_REFERENCE, config_hash, results_versions, row_key
 from sweeps.specs import SpecError
 
 RESULT = "result.json"
@@ -108,8 +107,8 @@ def describe_device(trainer) -> str:
 
 def materialise_references(value: Any, runs_root: Path) -> Any:
     """``run:<hash>`` -> the best checkpoint of that finished run."""
-    if isinstance(value, str) and value.startswith("run:"):
-        used = runs_root / value.removeprefix("run:")
+    if isinstance(value, str) and value.startswith(RUN_REFERENCE):
+        used = runs_root / value.removeprefix(RUN_REFERENCE)
         result = load_result(used)
         checkpoint = checkpoint_path(used, result) if result else None
         if checkpoint is None:
@@ -150,6 +149,7 @@ def execute(
     wait: bool = False,
     test: bool = True,
     callbacks: Sequence[Callback] = (),
+    key: str | None = None,
 ) -> dict:
     """Train (if the model is trainable) and test one resolved config in ``run_dir``.
 
@@ -157,6 +157,8 @@ def execute(
     for another process working on the same run instead of failing. ``test=False``: training
     only (hyper-parameter searches select on validation, never on the test set).
     ``callbacks``: extra Lightning callbacks that are not part of the config (Optuna pruning).
+    ``key``: the run's row key as its plan computed it (``sweeps.plan.Stage.key``; default: the
+    key of a run that uses no other run), recorded so that a later version can name it stale.
     """
     if is_finished(run_dir):
         return load_result(run_dir)
@@ -208,14 +210,14 @@ def execute(
             "checkpoint": os.path.relpath(ckpt, run_dir) if ckpt else None,
             "epochs": trainer.current_epoch,
             "results_version": results_versions(resolved),
-            "row_key": row_key(resolved),
+            "row_key": key or row_key(resolved),
             "resumed_from_epoch": resumed_from_epoch,
             "provenance": {
                 "commit": git_commit(),
                 "data": data.data_source,
                 "profile": profile,
                 "device": describe_device(trainer),
-                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "date": utc_now(),
             },
         }
         write_json_atomic(run_dir / RESULT, result)

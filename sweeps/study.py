@@ -143,9 +143,10 @@ def run_trial(sweep: Sweep, trial: optuna.Trial) -> None:
             if plan is None:
                 raise KeyError(f"row {label!r} is not in table {sweep.spec.id} any more")
             result = run_row(plan, sweep.by_label, sweep.profile, wait=True)
-        except KeyboardInterrupt:
-            # Failed at once, so that the next run starts without waiting for the heartbeat
-            # grace period; the run folder resumes from its last checkpoint.
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C (Lightning turns it into SystemExit inside fit/test). Failed at once, so
+            # that the next run starts without waiting for the heartbeat grace period; the run
+            # folder resumes from its last checkpoint.
             trial.set_user_attr("error", "KeyboardInterrupt: interrupted by the user")
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -177,7 +178,12 @@ def run_row(plan: RowPlan, by_label: dict[str, RowPlan], profile: str, wait: boo
         step = f" (stage {index}/{len(plan.stages)})" if len(plan.stages) > 1 else ""
         print(f"-- row '{plan.row.label}'{step} -> {stage.run_dir}")
         result = execute(
-            stage.resolved, stage.run_dir, profile=profile, label=plan.row.label, wait=wait
+            stage.resolved,
+            stage.run_dir,
+            profile=profile,
+            label=plan.row.label,
+            wait=wait,
+            key=stage.key,
         )
     return result
 

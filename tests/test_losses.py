@@ -440,3 +440,5 @@ def test_attractor_loss_follows_eq_4_10_unweighted_by_default_magnitude_as_optio
     assert abs(losses["none"] - losses["magnitude"]) > 1e-3
     with pytest.raises(ValueError, match="attractor_weighting"):
         ChimeraSeparator(net, clustering="attractor", attractor_weighting="power")
+    with pytest.raises(ValueError, match="clustering: attractor only"):
+        ChimeraSeparator(net, attractor_weighting="magnitude")  # deep clustering: no attractors

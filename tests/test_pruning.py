@@ -21,7 +21,6 @@ from lightning_modules.nets.pruning import (
     psp_modules,
     register_layer_rules,
     remove_pruned_channels,
-    set_gradient,
     set_threshold,
     sparsity,
     structure_counts,
@@ -154,12 +153,9 @@ def test_chain_and_literal_structure_gradients_differ_and_match_brute_force() ->
     assert torch.sign(grads["chain"][2]) != torch.sign(grads["literal"][2])
 
 
-def test_gradient_reading_can_be_switched_and_is_validated() -> None:
-    net = add_psp(nn.Sequential(nn.Conv2d(2, 2, 1)), exclude=())
-    set_gradient(net, "literal")
+def test_gradient_reading_is_chosen_and_validated() -> None:
+    net = add_psp(nn.Sequential(nn.Conv2d(2, 2, 1)), exclude=(), gradient="literal")
     assert {m.gradient for m in psp_modules(net)} == {"literal"}
-    with pytest.raises(ValueError, match="gradient"):
-        set_gradient(net, "sum")
     with pytest.raises(ValueError, match="gradient"):
         add_psp(nn.Sequential(nn.Conv2d(2, 2, 1)), exclude=(), gradient="sum")
 

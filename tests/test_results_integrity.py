@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -74,6 +76,13 @@ def test_an_option_whose_default_keeps_the_old_behaviour_keeps_finished_runs(tmp
     assert row_key(before) == row_key(resolved)
     dropout = deep_merge(resolved, {"model.init_args.net.init_args.dropout": 0.1})
     assert config_hash(dropout) != config_hash(resolved)
+    # the same for a field of a dataclass argument (PSPConfig.gradient is newer than PSP)
+    pruned = plan_table(load_table("5.9"), "ci", tmp_path)[1].resolved
+    before = copy.deepcopy(pruned)
+    del before["model"]["init_args"]["pruning"]["gradient"]
+    assert config_hash(before) == config_hash(pruned)
+    literal = deep_merge(pruned, {"model.init_args.pruning.gradient": "literal"})
+    assert config_hash(literal) != config_hash(pruned)
 
 
 def test_a_results_version_bump_makes_finished_runs_stale(tmp_path, monkeypatch) -> None:
@@ -107,7 +116,7 @@ def _fake_finished_run(run_dir: Path, plan, commit: str, sdr: float, data: str =
         "checkpoint": None,
         "provenance": provenance,
         "results_version": results_versions(plan.resolved),
-        "row_key": row_key(plan.resolved),
+        "row_key": plan.stages[-1].key,
     }
     (run_dir / RESULT).write_text(json.dumps(result))
 
@@ -130,6 +139,27 @@ def test_stale_rows_are_named_never_rendered_as_current(tmp_path, monkeypatch) -
     assert "2.00" not in md  # the stale numbers are not shown
 
 
+def test_a_two_stage_row_and_a_row_using_others_go_stale_not_missing(tmp_path, monkeypatch):
+    """Their configs name other runs by hash (which contains versions): the row key names
+    those runs by their row keys, so a version bump leaves the key, and the stale run found."""
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    spec = load_table("4.6")
+    labels = ("learned mask, WF pre-training", "Wiener filter, vocals")
+    plans = {p.row.label: p for p in plan_table(spec, "ci", runs)}
+    for label in labels:
+        _fake_finished_run(plans[label].run_dir, plans[label], "aaaaaaa", sdr=1.0)
+    render(spec, list(plans.values()), out)
+    monkeypatch.setattr(spectrogram.SpectrogramSeparator, "results_version", 99)
+    bumped = {p.row.label: p for p in plan_table(spec, "ci", runs)}
+    for label in labels:
+        assert bumped[label].stages[-1].key == plans[label].stages[-1].key
+        assert bumped[label].run_dir != plans[label].run_dir
+    paths = render(spec, list(bumped.values()), out)  # not refused: nothing is lost
+    rows = {row["label"]: row for row in json.loads(paths["json"].read_text())["rows"]}
+    for label in labels:
+        assert rows[label]["status"] == "stale" and rows[label]["run"] == plans[label].run_dir.name
+
+
 def test_rows_from_several_commits_say_which_made_each(tmp_path) -> None:
     runs = tmp_path / "runs"
     spec = load_table("4.2")
@@ -143,6 +173,33 @@ def test_rows_from_several_commits_say_which_made_each(tmp_path) -> None:
     assert f"- {plans[2].row.label}: not run (would be `{plans[2].run_dir.name}`)" in md
     # the frame that BSS Eval left undefined is counted, per row, in both tracks
     assert "| 0/2 tracks, 2/8 frames |" in md
+
+
+def test_table_4_3_compares_frame_statistics_with_the_thesis(tmp_path) -> None:
+    """First block: median over tracks, MAD/mean/std over the pooled frames; second block:
+    all four over the per-track medians. Hand-made frames: a [1, 2, 3, NaN], b [3, 3, 3, NaN]."""
+    spec = load_table("4.3")
+    plans = plan_table(spec, "ci", tmp_path / "runs")
+    _fake_finished_run(plans[0].run_dir, plans[0], "aaaaaaa", sdr=1.0)
+    track_b = plans[0].run_dir / "museval" / "b.json"
+    frames = json.loads(track_b.read_text())
+    for target in frames["targets"]:
+        for frame in target["frames"][:3]:
+            frame["metrics"]["SDR"] = 3.0
+    track_b.write_text(json.dumps(frames))
+    paths = render(spec, plans, tmp_path / "results")
+    with open(paths["csv"]) as handle:
+        header, sdr = list(csv.reader(handle))[:2]
+    row = dict(zip(header, sdr, strict=True))
+    pooled = [1.0, 2.0, 3.0, 3.0, 3.0, 3.0]
+    assert float(row["median"]) == 2.5  # over tracks: the median of (2, 3)
+    assert float(row["MAD"]) == 0.0  # pooled: median 3, |x - 3| = 2 1 0 0 0 0
+    assert float(row["mean"]) == pytest.approx(sum(pooled) / 6)
+    assert float(row["std"]) == pytest.approx(statistics.stdev(pooled))
+    assert float(row["median_tracks"]) == 2.5 and float(row["MAD_tracks"]) == 0.5
+    assert float(row["std_tracks"]) == pytest.approx(statistics.stdev([2.0, 3.0]))
+    assert row["excluded"] == "0/2 tracks, 2/8 frames"
+    assert row["median_published"] == "5.46" and row["std_published"] == "19.41"
 
 
 # -- rendering never destroys -------------------------------------------------------------------
@@ -261,6 +318,29 @@ def test_ctrl_c_fails_the_interrupted_trial_at_once(tmp_path, monkeypatch) -> No
     (trial,) = sweep.study.get_trials()
     assert trial.state == TrialState.FAIL  # not RUNNING until the heartbeat grace period
     assert "interrupted" in trial.user_attrs["error"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_lightning_fails_the_trial_too(tmp_path, monkeypatch) -> None:
+    """Lightning catches KeyboardInterrupt in fit and exits (SystemExit): still failed."""
+    import signal
+
+    import sweeps.study as study_module
+
+    def ctrl_c(self, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spectrogram.SpectrogramSeparator, "training_loss", ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after the interrupt
+    sweep = study_module.open_sweep(load_table("4.3"), "ci", tmp_path)
+    study_module.enqueue_missing(sweep)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            study_module.work(sweep)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    (trial,) = sweep.study.get_trials()
+    assert trial.state == TrialState.FAIL and "interrupted" in trial.user_attrs["error"]
 
 
 def test_a_nan_loss_fails_its_search_trial_and_the_worker_goes_on(tmp_path, monkeypatch) -> None:

@@ -155,7 +155,7 @@ def add_psp(
     Multi-head networks are pruned through ``inference_net()``: training-only heads are
     dropped at inference, so pruning them would save nothing. The threshold starts at 0
     (thesis: "set to zero initially"), so nothing is pruned until ``set_threshold``.
-    ``gradient``: the reading of eq. 5.5, ``"chain"`` or ``"literal"`` (``set_gradient``).
+    ``gradient``: the reading of eq. 5.5, ``"chain"`` or ``"literal"`` (module docstring).
     """
     _check_gradient(gradient)
     target = net.inference_net() if hasattr(net, "inference_net") else net
@@ -197,17 +197,6 @@ def set_threshold(net: nn.Module, epsilon: float) -> None:
         raise ValueError(f"{type(net).__name__} has no PSP structure parameters")
     for module in modules:
         module.epsilon.fill_(epsilon)
-
-
-def set_gradient(net: nn.Module, gradient: str) -> None:
-    """Choose the structure gradient of every structure of ``net``: ``"chain"`` (the chain
-    rule through ``q = w * nu``) or ``"literal"`` (eq. 5.5 as printed); module docstring."""
-    _check_gradient(gradient)
-    modules = psp_modules(net)
-    if not modules:
-        raise ValueError(f"{type(net).__name__} has no PSP structure parameters")
-    for module in modules:
-        module.gradient = gradient
 
 
 def get_threshold(net: nn.Module) -> float:

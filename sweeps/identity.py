@@ -76,12 +76,15 @@ def _import(class_path: str) -> type:
 
 
 @functools.cache
-def _defaults(cls: type) -> dict[str, Any]:
-    """The class's constructor defaults, serialised as LightningCLI dumps a resolved config."""
+def class_defaults(cls: type) -> dict[str, Any]:
+    """Every constructor parameter of ``cls`` with its default, serialised as LightningCLI dumps
+    a resolved config (None where the default is None or there is none)."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, fail_untyped=False, sub_configs=True)
-    dumped = parser.dump(parser.get_defaults(), skip_validation=True)
-    return yaml.safe_load(dumped) or {}  # the dump leaves out None defaults
+    defaults = parser.get_defaults()
+    dumped = yaml.safe_load(parser.dump(defaults, skip_validation=True)) or {}  # no None ones
+    names = dict.fromkeys(k.split(".")[0] for k in defaults.keys() if not k.startswith("__"))
+    return {name: dumped.get(name) for name in names}
 
 
 @functools.cache
@@ -102,12 +105,12 @@ def _dataclass_parameters(cls: type) -> dict[str, type]:
 
 
 def _without_defaults(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    defaults = _defaults(cls)
+    defaults = class_defaults(cls)
     structured = _dataclass_parameters(cls)
     kept = {}
     for key, value in values.items():
         value = _canonical(value)
-        if defaults.get(key) == value:  # a None value and a None (left out) default too
+        if defaults.get(key) == value:
             continue
         if key in structured and isinstance(value, dict):
             # a new field at its default keeps the runs made before it existed (kept as {}

@@ -11,10 +11,18 @@ named floats.
 
 Each fingerprint is recorded in ``tests/results_fingerprints.json`` under its *version key*:
 exactly the results versions that enter the hash of a run doing that computation
-(``sweeps.identity.results_versions`` of the configs involved), e.g.
-``MMDenseNet=1,MUSDBDataModule=1,Separator=1,SpectrogramSeparator=1``. The store is append-only:
-the same key must always give the same numbers (``tests/test_results_version.py``), a bumped
-version gives a new key, recorded once with::
+(``sweeps.identity.results_versions`` of the configs involved, on a data root: see
+:data:`WAV_SET`), e.g. ``MDenseNet=1,MMDenseNet=1,MUSDBDataModule=1,Separator=1,
+SpectrogramSeparator=1``. The store is append-only: the same key must always give the same
+numbers (``tests/test_results_version.py``), a bumped version gives a new key, recorded once.
+
+A run's hash also leaves out every value equal to its class's constructor default, so a changed
+default changes results without changing any hash. The defaults are therefore *pinned* too, in
+``tests/results_defaults.json``: ``sweeps.identity.class_defaults`` of every versioned class, of the
+``Trainer`` and of the library callbacks the experiments name (:data:`LIBRARY_CLASSES`), under
+the same kind of version key (for a library class, the key of ``Separator``, whose version every
+run's hash holds). A recorded default never changes under its key; new parameters may appear.
+Both stores are written by::
 
     python -m tests.fingerprints record           # adds entries for new keys, never overwrites
     python -m tests.fingerprints record --fresh   # may also replace entries not yet committed
@@ -34,12 +42,14 @@ import contextlib
 import copy
 import functools
 import importlib
+import inspect
 import io
 import itertools
 import json
 import logging
 import math
 import os
+import pkgutil
 import random
 import subprocess
 import sys
@@ -50,16 +60,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
 from torch import nn
 
+from datamodules.files import write_atomic
 from datamodules.sampler import targets_from_sources
 from lightning_modules.separator import Separator
+from sweeps import identity
 from sweeps.identity import results_versions
 
 STORE = Path(__file__).with_name("results_fingerprints.json")
+DEFAULTS_STORE = Path(__file__).with_name("results_defaults.json")
 REPO = Path(__file__).resolve().parent.parent
 
 #: Tolerances. On one machine the numbers are bit-identical run to run (one thread, fixed
@@ -103,10 +117,7 @@ class Fingerprint:
         return self.name.split("/", 1)[0]
 
     def versions(self) -> dict[str, int]:
-        versions: dict[str, int] = {}
-        for config in self.configs or ({},):
-            versions.update(results_versions({"model": config} if config else {}))
-        return dict(sorted(versions.items()))
+        return run_versions(*self.configs)
 
     @property
     def key(self) -> str:
@@ -116,6 +127,26 @@ class Fingerprint:
 
 def version_key(versions: Mapping[str, int]) -> str:
     return ",".join(f"{name}={version}" for name, version in sorted(versions.items()))
+
+
+#: The ``data.root`` the version keys are computed with. ``results_versions`` adds the synthetic
+#: generator's version ("synthetic data") to a config without a root, but the fingerprints run
+#: on a wav set of their own (:func:`write_dataset`), not on ``datamodules.synthetic``: a
+#: ``GENERATOR_VERSION`` bump must not ask to re-record numbers it cannot change. (Only the
+#: root's presence counts; this is a marker, not a path.)
+WAV_SET = "tests/fingerprints.py:write_dataset"
+
+
+def run_versions(*models: Mapping[str, Any]) -> dict[str, int]:
+    """The results versions in the hashes of runs on :data:`WAV_SET` whose model configs are
+    ``models`` (no model: the data module's alone), merged."""
+    versions: dict[str, int] = {}
+    for model in models or (None,):
+        config: dict[str, Any] = {"data": {"root": WAV_SET}}
+        if model:
+            config["model"] = model
+        versions.update(results_versions(config))
+    return dict(sorted(versions.items()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,10 +785,8 @@ def load_store(path: Path = STORE) -> dict[str, dict[str, Numbers]]:
 
 
 def save_store(store: Mapping[str, Any], path: Path = STORE) -> None:
-    text = json.dumps(store, indent=1, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Written atomically, keys sorted (stable diffs of an append-only file)."""
+    write_atomic(path, json.dumps(store, indent=1, sort_keys=True) + "\n")
 
 
 def committed_store(path: Path = STORE) -> dict[str, dict[str, Numbers]]:
@@ -809,13 +838,193 @@ def merge(
     return outcome
 
 
-def _select(names: list[str] | None) -> list[Fingerprint]:
+# --------------------------------------------------------------------------------------------
+# Pinned defaults: a run's hash leaves out the values equal to their class's default
+# --------------------------------------------------------------------------------------------
+
+#: The suite's packages searched for versioned classes.
+PACKAGES = ("lightning_modules", "lightning_modules.nets", "datamodules")
+#: Classes of other libraries whose defaults enter every run's identity: the Trainer (a Lightning
+#: upgrade may change its defaults), and the callbacks the experiments name that are hashed (not
+#: ``identity.RUNTIME_CALLBACKS``). ``tests/test_results_version.py`` fails on a class path in
+#: experiments/ that is neither the suite's, nor here, nor runtime-only.
+LIBRARY_CLASSES = ("lightning.pytorch.Trainer", "lightning.pytorch.callbacks.ModelCheckpoint")
+
+
+def _modules(package: str) -> list[str]:
+    root = importlib.import_module(package)
+    names = [package]
+    for info in pkgutil.iter_modules(root.__path__, prefix=f"{package}."):
+        if not info.ispkg and not info.name.endswith("__main__"):
+            names.append(info.name)
+    return names
+
+
+@functools.cache
+def suite_classes() -> tuple[type, ...]:
+    """Every class defined in the suite's model, network and data packages."""
+    classes = {}
+    for package in PACKAGES:
+        for name in _modules(package):
+            module = importlib.import_module(name)
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                if cls.__module__ == name:
+                    classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return tuple(classes.values())
+
+
+def versioned_classes() -> tuple[type, ...]:
+    """The suite's classes that define a ``results_version`` of their own."""
+    return tuple(cls for cls in suite_classes() if "results_version" in vars(cls))
+
+
+def class_config(cls: type) -> dict[str, str]:
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A class whose constructor defaults are pinned. ``bump`` is the versioned class whose
+    ``results_version`` a changed default must bump: the class itself, or for a library class
+    ``Separator``, the base of every run's model, so that its version is in every run's hash."""
+
+    cls: type
+    bump: type
+
+    @property
+    def name(self) -> str:
+        return self.cls.__qualname__
+
+    @property
+    def key(self) -> str:
+        """The versions in the hash of a run whose config names ``bump`` (with its bases and
+        components, and the data module every run has)."""
+        return version_key(run_versions(class_config(self.bump)))
+
+    def defaults(self) -> dict[str, Any]:
+        return pinned_defaults(self.cls)
+
+
+def pinned_classes() -> tuple[Pinned, ...]:
+    """Every versioned class of the suite (``MUSDBDataModule`` among them) and
+    :data:`LIBRARY_CLASSES`, by name."""
+    pins = [Pinned(cls, cls) for cls in versioned_classes()]
+    pins += [Pinned(_import(path), Separator) for path in LIBRARY_CLASSES]
+    return tuple(sorted(pins, key=lambda pin: pin.name))
+
+
+@functools.cache
+def _runtime_only(cls: type) -> set[str]:
+    """Parameters of ``cls`` that ``identity.RUNTIME_ONLY`` drops from every run's identity:
+    their defaults do not matter."""
+    from lightning.pytorch import Trainer
+
+    if issubclass(cls, Trainer):
+        section = "trainer."
+    elif issubclass(cls, L.LightningDataModule):
+        section = "data."
+    elif issubclass(cls, L.LightningModule):
+        section = "model.init_args."
+    else:
+        return set()
+    names = (key.removeprefix(section) for key in identity.RUNTIME_ONLY if key.startswith(section))
+    return {name for name in names if "." not in name}
+
+
+def pinned_defaults(cls: type) -> dict[str, Any]:
+    """What ``sweeps.identity`` compares a run's values with, ``identity.class_defaults(cls)``,
+    for every hashed parameter, None defaults included (a None default becoming a value is a
+    change too)."""
+    runtime = _runtime_only(cls)
+    defaults = identity.class_defaults(cls)
+    return {name: value for name, value in sorted(defaults.items()) if name not in runtime}
+
+
+#: A recorded parameter the class no longer has.
+GONE = "(no such parameter any more)"
+
+
+def default_changes(pin: Pinned, recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """One message per recorded default that changed or disappeared (new parameters are fine:
+    no finished run had them, so they change no old run's identity)."""
+    return [
+        default_changed_message(pin, param, old, now[param] if param in now else GONE)
+        for param, old in sorted(recorded.items())
+        if param not in now or now[param] != old
+    ]
+
+
+def default_changed_message(pin: Pinned, param: str, old: Any, new: Any) -> str:
+    bump = pin.bump.__qualname__
+    why = "" if pin.bump is pin.cls else " (every run's hash holds it)"
+    return (
+        f"the default of {pin.name}.{param} changed from {old!r} to "
+        f"{new if new is GONE else repr(new)} while its results versions {pin.key} did not: a "
+        "run's hash leaves defaults out, so the old runs would be taken for new ones; bump "
+        f"results_version of {bump}{why} (sweeps/identity.py) and record "
+        "(`python -m tests.fingerprints record`)"
+    )
+
+
+def missing_defaults_message(pin: Pinned) -> str:
+    return (
+        f"no defaults of {pin.name} are recorded for results versions {pin.key}: run the "
+        "recorder after bumping a results_version (`python -m tests.fingerprints record`) and "
+        "commit tests/results_defaults.json"
+    )
+
+
+@dataclass
+class DefaultsOutcome:
+    added: list[str]
+    extended: dict[str, list[str]]  # name -> parameters recorded under its recorded key
+    replaced: list[str]
+    unchanged: list[str]
+    changed: dict[str, list[str]]  # name -> messages
+
+
+def merge_defaults(
+    store: dict[str, dict[str, dict[str, Any]]],
+    pins: tuple[Pinned, ...] | list[Pinned],
+    replaceable: Callable[[str, str], bool] = lambda name, key: False,
+) -> DefaultsOutcome:
+    """Add the current defaults of ``pins`` to ``store`` in place: a new key gets them all, a
+    recorded key its new parameters; a recorded default is only replaced (with the whole entry)
+    where ``replaceable(name, key)``, never otherwise."""
+    outcome = DefaultsOutcome([], {}, [], [], {})
+    for pin in pins:
+        key, now = pin.key, pin.defaults()
+        entries = store.setdefault(pin.name, {})
+        if key not in entries:
+            entries[key] = now
+            outcome.added.append(pin.name)
+            continue
+        changes = default_changes(pin, entries[key], now)
+        if changes and replaceable(pin.name, key):
+            entries[key] = now
+            outcome.replaced.append(pin.name)
+        elif changes:
+            outcome.changed[pin.name] = changes
+        elif new := sorted(set(now) - set(entries[key])):
+            entries[key] = dict(sorted({**entries[key], **now}.items()))
+            outcome.extended[pin.name] = new
+        else:
+            outcome.unchanged.append(pin.name)
+    return outcome
+
+
+def _select(names: list[str] | None) -> tuple[list[Fingerprint], list[Pinned]]:
+    """The fingerprints and pinned classes named (none named: all of them)."""
+    pins = {pin.name: pin for pin in pinned_classes()}
     if not names:
-        return list(FINGERPRINTS)
-    unknown = [name for name in names if name not in BY_NAME]
+        return list(FINGERPRINTS), list(pins.values())
+    unknown = [name for name in names if name not in BY_NAME and name not in pins]
     if unknown:
-        raise SystemExit(f"unknown fingerprints {unknown}; known: {sorted(BY_NAME)}")
-    return [BY_NAME[name] for name in names]
+        raise SystemExit(
+            f"unknown names {unknown}; fingerprints: {sorted(BY_NAME)}; "
+            f"pinned defaults: {sorted(pins)}"
+        )
+    return [BY_NAME[n] for n in names if n in BY_NAME], [pins[n] for n in names if n in pins]
 
 
 def compute_all(fingerprints: list[Fingerprint]) -> dict[str, tuple[str, Numbers]]:
@@ -837,10 +1046,13 @@ def compute_all(fingerprints: list[Fingerprint]) -> dict[str, tuple[str, Numbers
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fingerprints",
-        description="Record or check the results fingerprints (tests/results_fingerprints.json).",
+        description="Record or check the results fingerprints (tests/results_fingerprints.json) "
+        "and the pinned defaults (tests/results_defaults.json).",
     )
     parser.add_argument("command", choices=("record", "check", "list"))
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="these fingerprints only")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="these fingerprints or pinned classes only"
+    )
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -851,39 +1063,92 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="NAME",
         default=[],
-        help='record: replace the entries of these fingerprints (or "all") for their current '
-        "keys, committed or not: only for numbers no finished run depends on",
+        help='record: replace the entries of these fingerprints or pinned classes (or "all") '
+        "for their current keys, committed or not: only for entries no finished run depends on",
     )
     parser.add_argument("--store", type=Path, default=STORE, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--defaults-store", type=Path, default=DEFAULTS_STORE, help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
 
-    fingerprints = _select(args.only)
+    fingerprints, pins = _select(args.only)
     if args.command == "list":
         for fp in fingerprints:
             print(f"{fp.name}  [{fp.key}]")
+        for pin in pins:
+            print(f"defaults of {pin.name}  [{pin.key}]")
         return 0
-    reset = {fp.name for fp in FINGERPRINTS} if "all" in args.reset else set(args.reset)
+    every = [fp.name for fp in FINGERPRINTS] + [pin.name for pin in pinned_classes()]
+    reset = set(every) if "all" in args.reset else set(args.reset)
     _select(sorted(reset))  # unknown names are an error
-    store = load_store(args.store)
-    committed = committed_store(args.store) if args.fresh else {}
+    record = args.command == "record"
 
-    def replaceable(name: str, key: str) -> bool:
-        if args.command != "record":
-            return False
-        return name in reset or (args.fresh and key not in committed.get(name, {}))
+    def replaceable_in(committed: Mapping[str, Mapping[str, Any]]) -> Callable[[str, str], bool]:
+        def replaceable(name: str, key: str) -> bool:
+            if not record:
+                return False
+            return name in reset or (args.fresh and key not in committed.get(name, {}))
 
-    computed = compute_all(fingerprints)
-    outcome = merge(store, computed, replaceable)
+        return replaceable
+
+    failed = False
+    if pins:  # first: cheap, and a changed default shows before the fingerprints' minute
+        defaults = load_store(args.defaults_store)
+        committed = committed_store(args.defaults_store) if args.fresh else {}
+        pinned = merge_defaults(defaults, pins, replaceable_in(committed))
+        failed |= report_defaults(pinned, {pin.name: pin for pin in pins}, record)
+        if record and (pinned.added or pinned.extended or pinned.replaced):
+            save_store(defaults, args.defaults_store)
+            print(f"wrote {args.defaults_store}")
+    if fingerprints:
+        store = load_store(args.store)
+        committed = committed_store(args.store) if args.fresh else {}
+        computed = compute_all(fingerprints)
+        outcome = merge(store, computed, replaceable_in(committed))
+        failed |= report_fingerprints(outcome, computed, record)
+        if record and (outcome.added or outcome.replaced):
+            save_store(store, args.store)
+            print(f"wrote {args.store}")
+    return 1 if failed else 0
+
+
+def report_defaults(outcome: DefaultsOutcome, pins: Mapping[str, Pinned], record: bool) -> bool:
+    """Print the outcome; True where it fails the command."""
+    for name in outcome.unchanged:
+        print(f"unchanged  defaults of {name}")
+    for name, params in outcome.extended.items():
+        verb = "extended  " if record else "new params"
+        print(f"{verb} defaults of {name}  [{pins[name].key}]: {', '.join(params)}")
+    for name in outcome.added:
+        if record:
+            print(f"added      defaults of {name}  [{pins[name].key}]")
+        else:
+            print(f"MISSING    {missing_defaults_message(pins[name])}")
+    for name in outcome.replaced:
+        print(f"replaced   defaults of {name}  [{pins[name].key}]")
+    for changes in outcome.changed.values():
+        for change in changes:
+            print(f"CHANGED    {change}")
+    if outcome.changed:
+        print(
+            "not overwritten: a recorded default never changes under the same results versions "
+            "(finished runs were hashed without it)"
+        )
+    return bool(outcome.changed or (not record and outcome.added))
+
+
+def report_fingerprints(
+    outcome: Outcome, computed: Mapping[str, tuple[str, Numbers]], record: bool
+) -> bool:
+    """Print the outcome; True where it fails the command."""
     for name in outcome.unchanged:
         print(f"unchanged  {name}")
-    if args.command == "record":
+    if record:
         for name in outcome.added:
             print(f"added      {name}  [{computed[name][0]}]")
         for name in outcome.replaced:
             print(f"replaced   {name}  [{computed[name][0]}]")
-        if outcome.added or outcome.replaced:
-            save_store(store, args.store)
-            print(f"wrote {args.store}")
     else:
         for name in outcome.added:
             print(f"MISSING    {missing_message(BY_NAME[name])}")
@@ -894,8 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
             "not overwritten: a recorded fingerprint never changes under the same results "
             "versions (finished runs were made with them)"
         )
-        return 1
-    return 1 if args.command == "check" and outcome.added else 0
+    return bool(outcome.changed or (not record and outcome.added))
 
 
 if __name__ == "__main__":

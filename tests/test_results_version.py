@@ -1,15 +1,13 @@
 """A change of results cannot go unnoticed: every versioned class (``results_version``, part of
 a run folder's hash, sweeps/identity.py) has a pinned fingerprint per version
 (tests/fingerprints.py, tests/results_fingerprints.json), and a fingerprint whose numbers
-change while its versions did not fails here, telling the developer which version to bump."""
+change while its versions did not fails here, telling the developer which version to bump.
+The constructor defaults that a run's hash leaves out are pinned the same way
+(tests/results_defaults.json): a default that changes while its versions did not fails here."""
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import json
-import pkgutil
 from pathlib import Path
 
 import lightning as L
@@ -17,33 +15,12 @@ import pytest
 import torch
 import yaml
 
+from sweeps import identity
 from tests import fingerprints
 from tests.fingerprints import BY_NAME, FINGERPRINTS, Workspace
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("lightning_modules", "lightning_modules.nets", "datamodules")
-
-
-def _modules(package: str) -> list[str]:
-    root = importlib.import_module(package)
-    names = [package]
-    for info in pkgutil.iter_modules(root.__path__, prefix=f"{package}."):
-        if not info.ispkg and not info.name.endswith("__main__"):
-            names.append(info.name)
-    return names
-
-
-@functools.cache
-def _suite_classes() -> list[type]:
-    """Every class defined in the suite's model, network and data packages."""
-    classes = {}
-    for package in PACKAGES:
-        for name in _modules(package):
-            module = importlib.import_module(name)
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if cls.__module__ == name:
-                    classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return list(classes.values())
+_suite_classes = fingerprints.suite_classes
 
 
 def _class_paths(value: object) -> list[str]:
@@ -214,7 +191,10 @@ def _run_recorder(
     fp = BY_NAME[CHEAP]
     monkeypatch.setattr(fingerprints, "compute_all", lambda fps: {CHEAP: (fp.key, numbers)})
     monkeypatch.setattr(fingerprints, "committed_store", lambda path: committed or {})
-    return fingerprints.main(["record", "--only", CHEAP, "--store", str(path), *args])
+    defaults = str(path.with_name("defaults.json"))  # --only CHEAP: none written, to be sure
+    return fingerprints.main(
+        ["record", "--only", CHEAP, "--store", str(path), "--defaults-store", defaults, *args]
+    )
 
 
 def test_the_recorder_adds_but_never_overwrites(
@@ -246,3 +226,158 @@ def test_the_recorder_adds_but_never_overwrites(
     assert _run_recorder(monkeypatch, path, {"x": 4.0}, "--reset", CHEAP) == 0  # explicit
     store = json.loads(path.read_text())[CHEAP]
     assert store == {old_key: {"x": 1.0}, fp.key: {"x": 4.0}}  # other keys are kept
+
+
+# -- (d) pinned defaults ----------------------------------------------------------------------
+
+PINS = {pin.name: pin for pin in fingerprints.pinned_classes()}
+
+
+def test_every_versioned_class_and_the_trainer_have_pinned_defaults() -> None:
+    from lightning.pytorch import Trainer
+
+    from datamodules.musdb_datamodule import MUSDBDataModule
+
+    assert len(PINS) == len(fingerprints.pinned_classes()), "two pinned classes share a name"
+    pinned = {pin.cls for pin in PINS.values()}
+    assert set(fingerprints.versioned_classes()) | {Trainer, MUSDBDataModule} <= pinned
+    separator = fingerprints.run_versions(fingerprints.class_config(fingerprints.Separator))
+    assert PINS["Trainer"].key == fingerprints.version_key(separator)
+    assert "Separator=" in PINS["Trainer"].key and "synthetic data" not in PINS["Trainer"].key
+
+
+def test_every_hashed_library_class_of_the_experiments_is_pinned() -> None:
+    """A class of another library named in experiments/ enters the runs' identity with its
+    defaults left out, unless it only reports (a logger, a progress bar: runtime-only)."""
+    from lightning.pytorch.loggers import Logger
+
+    pinned = {pin.cls for pin in PINS.values()}
+    unpinned = set()
+    for path in sorted((REPO / "experiments").rglob("*.yaml")):
+        for class_path in _class_paths(yaml.safe_load(path.read_text())):
+            if class_path.split(".")[0] in ("lightning_modules", "datamodules"):
+                continue
+            cls = fingerprints._import(class_path)
+            runtime = cls.__qualname__ in identity.RUNTIME_CALLBACKS or issubclass(cls, Logger)
+            if not runtime and cls not in pinned:
+                unpinned.add(f"{class_path} ({path.relative_to(REPO)})")
+    assert not unpinned, (
+        f"{sorted(unpinned)} enter the runs' hashes without their defaults: add them to "
+        "LIBRARY_CLASSES (tests/fingerprints.py) and run `python -m tests.fingerprints record`"
+    )
+
+
+@pytest.fixture(scope="module")
+def defaults_store() -> dict:
+    return fingerprints.load_store(fingerprints.DEFAULTS_STORE)
+
+
+@pytest.mark.parametrize("name", sorted(PINS))
+def test_pinned_defaults_match_their_record(name: str, defaults_store: dict) -> None:
+    pin = PINS[name]
+    recorded = defaults_store.get(name, {}).get(pin.key)
+    assert recorded is not None, fingerprints.missing_defaults_message(pin)
+    changes = fingerprints.default_changes(pin, recorded, pin.defaults())
+    assert not changes, "\n".join(changes)
+
+
+def test_the_defaults_store_is_well_formed(defaults_store: dict) -> None:
+    assert set(PINS) <= set(defaults_store)
+    for name, entries in defaults_store.items():
+        for key, defaults in entries.items():
+            assert all(part.count("=") == 1 for part in key.split(",")), (name, key)
+            assert "synthetic data" not in key, (name, key)
+            assert defaults and list(defaults) == sorted(defaults), (name, key)
+
+
+#: A parameter ``_patch_defaults`` removes.
+REMOVED = object()
+
+
+def _patch_defaults(monkeypatch: pytest.MonkeyPatch, cls_name: str, **changed: object) -> None:
+    """``identity.class_defaults`` with some defaults of one class changed (``REMOVED``: no
+    such parameter any more)."""
+    original = identity.class_defaults
+
+    def patched(cls: type) -> dict:
+        defaults = dict(original(cls))
+        if cls.__qualname__ == cls_name:
+            for name, value in changed.items():
+                defaults.pop(name, None)
+                if value is not REMOVED:
+                    defaults[name] = value
+        return defaults
+
+    monkeypatch.setattr(identity, "class_defaults", patched)
+
+
+def test_a_changed_default_is_reported(
+    defaults_store: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = PINS["SpectrogramSeparator"]
+    recorded = defaults_store["SpectrogramSeparator"][pin.key]
+    _patch_defaults(
+        monkeypatch,
+        "SpectrogramSeparator",
+        lr=0.003,  # a value that changes
+        mel_bins=128,  # a None default that becomes a value
+        plateau_patience=REMOVED,  # a parameter that disappears
+        brand_new=1.5,  # a new parameter: fine
+        eval_workers=7,  # runtime-only: never hashed, fine
+    )
+    changes = fingerprints.default_changes(pin, recorded, pin.defaults())
+    assert len(changes) == 3, changes
+    lr, mel_bins, patience = changes
+    assert lr.startswith(
+        "the default of SpectrogramSeparator.lr changed from 0.002 to 0.003 while its results "
+        f"versions {pin.key} did not: a run's hash leaves defaults out, so the old runs would be "
+        "taken for new ones; bump results_version of SpectrogramSeparator (sweeps/identity.py) "
+        "and record"
+    )
+    assert "SpectrogramSeparator.mel_bins changed from None to 128" in mel_bins
+    assert "SpectrogramSeparator.plateau_patience changed from 10 to (no such" in patience
+    # a Trainer default (a Lightning upgrade): the version to bump is Separator's
+    trainer = PINS["Trainer"]
+    _patch_defaults(monkeypatch, "Trainer", max_steps=10, log_every_n_steps=1)
+    recorded = defaults_store["Trainer"][trainer.key]
+    (change,) = fingerprints.default_changes(trainer, recorded, trainer.defaults())
+    assert "the default of Trainer.max_steps changed from -1 to 10" in change
+    assert "bump results_version of Separator (every run's hash holds it)" in change
+
+
+def _record_defaults(
+    monkeypatch: pytest.MonkeyPatch, path: Path, *args: str, command="record", committed=None
+) -> int:
+    monkeypatch.setattr(fingerprints, "committed_store", lambda path: committed or {})
+    return fingerprints.main([command, "--only", "Trainer", "--defaults-store", str(path), *args])
+
+
+def test_the_recorder_pins_defaults_but_never_overwrites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    pin = PINS["Trainer"]
+    path = tmp_path / "defaults.json"
+    assert _record_defaults(monkeypatch, path, command="check") == 1  # nothing recorded
+    assert "MISSING    no defaults of Trainer" in capsys.readouterr().out
+    assert not path.exists()
+    assert _record_defaults(monkeypatch, path) == 0
+    assert json.loads(path.read_text()) == {"Trainer": {pin.key: pin.defaults()}}
+    assert "added      defaults of Trainer" in capsys.readouterr().out
+
+    _patch_defaults(monkeypatch, "Trainer", brand_new=3)  # a new parameter is added
+    assert _record_defaults(monkeypatch, path) == 0
+    assert json.loads(path.read_text())["Trainer"][pin.key]["brand_new"] == 3
+    assert "extended   defaults of Trainer" in capsys.readouterr().out
+
+    before = path.read_text()
+    _patch_defaults(monkeypatch, "Trainer", brand_new=3, max_steps=10)
+    assert _record_defaults(monkeypatch, path) == 1  # a recorded default changed
+    assert path.read_text() == before
+    out = capsys.readouterr().out
+    assert "CHANGED    the default of Trainer.max_steps changed from -1 to 10" in out
+    assert "not overwritten" in out
+    committed = json.loads(before)
+    assert _record_defaults(monkeypatch, path, "--fresh", committed=committed) == 1
+    assert path.read_text() == before  # --fresh keeps committed entries
+    assert _record_defaults(monkeypatch, path, "--fresh") == 0  # not committed
+    assert json.loads(path.read_text())["Trainer"][pin.key]["max_steps"] == 10

@@ -74,15 +74,15 @@ lint: setup
 
 separate: setup
 	@test -n "$(IN)" -a -n "$(CKPT)$(MODEL)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> | MODEL=<model.onnx|model.pt> [OUT=<dir>]"; exit 2; }
-	$(PY) -m lightning_modules.separate --input "$(IN)" $(if $(MODEL),--model "$(MODEL)",--checkpoint "$(CKPT)") --out "$(or $(OUT),separated)"
+	$(PY) -m lightning_modules.inference.separate --input "$(IN)" $(if $(MODEL),--model "$(MODEL)",--checkpoint "$(CKPT)") --out "$(or $(OUT),separated)"
 
 export: setup
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [FORMAT=onnx|torchscript] [OUT=<file>]"; exit 2; }
-	$(PY) -m lightning_modules.export --checkpoint "$(CKPT)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
+	$(PY) -m lightning_modules.inference.export --checkpoint "$(CKPT)" --format "$(FORMAT)" $(if $(OUT),--out "$(OUT)")
 
 stats: setup
-	@$(PY) -m lightning_modules.stats --config "$(EXP)" --frames $(FRAMES)
+	@$(PY) -m lightning_modules.inference.stats --config "$(EXP)" --frames $(FRAMES)
 
 bench: setup
 	$(PY) -m datamodules.benchmark --out results/bench
-	$(PY) -m lightning_modules.latency --out results/bench
+	$(PY) -m lightning_modules.inference.latency --out results/bench

@@ -25,11 +25,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.cache import RESAMPLER, SOURCES
+from datamodules.cache import RESAMPLER
+from datamodules.conventions import SOURCES, chunk_samples
 from datamodules.files import write_atomic
 from datamodules.musdb_datamodule import MUSDBDataModule
 from datamodules.provenance import load_average, markdown_line, provenance
-from lightning_modules.dsp import chunk_samples
 
 #: DataLoader worker processes of the per-item baseline.
 WORKERS = (0, 2)

@@ -25,10 +25,9 @@ import stempeg
 from tqdm.auto import tqdm
 
 from datamodules.activity import most_active_window
+from datamodules.conventions import SOURCES  # the order the cache stores them in
 from datamodules.files import write_atomic
 
-#: The four MUSDB18 sources, in the order the cache stores them.
-SOURCES: tuple[str, ...] = ("vocals", "drums", "bass", "other")
 #: Bumped whenever the cached content would change for the same arguments.
 CACHE_VERSION = 1
 #: librosa's default resampler (soxr) has so steep an anti-alias filter that the resampled audio

@@ -22,22 +22,15 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datamodules.activity import most_active_window
 from datamodules.cache import (
-    SOURCES,
     SplitAudio,
     build_split,
     cache_key,
     load_split,
     open_tracks,
 )
-from datamodules.sampler import (
-    TARGET_SETS,
-    ExcerptSampler,
-    RandomMixBatches,
-    RandomMixSampler,
-    targets_from_sources,
-)
+from datamodules.conventions import SOURCES, TARGET_SETS, chunk_samples, targets_from_sources
+from datamodules.sampler import ExcerptSampler, RandomMixBatches, RandomMixSampler
 from datamodules.synthetic import GENERATOR_VERSION, write_synthetic_musdb
-from lightning_modules.dsp import chunk_samples
 
 #: Default location of decoded caches and of the generated synthetic data set.
 DEFAULT_CACHE_DIR = Path(os.environ.get("MSS_CACHE_DIR", ".cache"))
@@ -355,13 +348,17 @@ class MUSDBDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         chunks = self.validation_chunks()
-        dataset = TensorDataset(chunks["mixture"], chunks["targets"])
+        # "index": which chunk, so that a metric gathered over DDP ranks counts the chunks the
+        # distributed sampler repeats (to give every rank as many) once.
+        index = torch.arange(len(chunks["mixture"]))
+        dataset = TensorDataset(chunks["mixture"], chunks["targets"], index)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
             collate_fn=lambda items: {
-                "mixture": torch.stack([m for m, _ in items]),
-                "targets": torch.stack([t for _, t in items]),
+                "mixture": torch.stack([m for m, _, _ in items]),
+                "targets": torch.stack([t for _, t, _ in items]),
+                "index": torch.stack([i for _, _, i in items]),
             },
         )
 

@@ -13,23 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import IterableDataset
 
-from datamodules.cache import SOURCES
-
-#: What a batch carries besides the mixture: vocals + accompaniment (sum of the others), or all.
-TARGET_SETS: dict[str, tuple[str, ...]] = {
-    "vocals": ("vocals", "accompaniment"),
-    "all": SOURCES,
-}
-
-
-def targets_from_sources(sources: torch.Tensor, targets: str) -> torch.Tensor:
-    """(..., 4, T) sources in cache order -> (..., n_targets, T) for the named target set."""
-    if targets == "all":
-        return sources
-    if targets == "vocals":
-        vocals = sources[..., 0:1, :]
-        return torch.cat([vocals, sources[..., 1:, :].sum(dim=-2, keepdim=True)], dim=-2)
-    raise ValueError(f"unknown targets '{targets}', expected one of {sorted(TARGET_SETS)}")
+from datamodules.conventions import targets_from_sources
 
 
 class RandomMixSampler:

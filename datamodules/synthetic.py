@@ -26,22 +26,21 @@ both through soundfile and through musdb/stempeg (which decodes with ffmpeg to s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
+from filelock import FileLock
 from scipy import signal
 from tqdm import tqdm
 
-from datamodules.cache import SOURCES  # the stems written next to mixture.wav
+from datamodules.conventions import SOURCES  # the stems written next to mixture.wav
 from datamodules.files import write_atomic
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -145,7 +144,7 @@ def write_synthetic_musdb(
             return root
 
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root):
+    with FileLock(root / _LOCK_NAME):  # one writer; the others wait and find it complete
         existing = _read_manifest(root)
         if existing is None:
             _check_foreign(root)
@@ -294,22 +293,6 @@ def _is_complete(root: Path, names: dict[str, list[str]]) -> bool:
 
 def _dump_manifest(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2) + "\n"
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on the root (no-op where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(root / _LOCK_NAME, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,10 +12,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules import MUSDBDataModule
-from lightning_modules.separator import Separator
-
-# Lightning 2.6 calls a pytree API that torch 2.13 deprecated; harmless, and not ours to fix.
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+from lightning_modules.separators.separator import Separator
 
 
 class SuiteCLI(LightningCLI):
@@ -31,9 +28,21 @@ class _ParseOnlyCLI(SuiteCLI):
         pass
 
 
+def ignore_library_warnings() -> None:
+    """Hide warnings of one library about another, harmless and not ours to fix, that every
+    fit and test would print. Called by the entry points of training processes (``make_cli``;
+    a caller that builds its CLI inside ``warnings.catch_warnings`` calls it itself), never at
+    import: importing the suite leaves the warning filters alone."""
+    # Lightning 2.6 builds pytree LeafSpecs, which torch 2.13 deprecated: on every fit/test,
+    # and copies of them in torch.export (so not only from Lightning's module).
+    message = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
 def make_cli(args: Any = None, run: bool = True, parse_only: bool = False, **kwargs) -> SuiteCLI:
     """The CLI over any ``Separator`` subclass and the shared MUSDB DataModule. ``args`` may be
     a list of command-line words or a config dict (what the table runner passes)."""
+    ignore_library_warnings()
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     return (_ParseOnlyCLI if parse_only else SuiteCLI)(
         Separator, MUSDBDataModule, subclass_mode_model=True, args=args, run=run, **kwargs

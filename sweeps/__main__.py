@@ -5,30 +5,23 @@
   workers (local processes or a SLURM job array), then rendered.
 - ``hpo random-search --executor local|slurm --workers n``: a hyper-parameter search over a
   space in ``sweeps/spaces/``, with pruning of hopeless trials.
-- ``worker`` / ``hpo-worker``: one worker (started by ``sweep`` / ``hpo``; not typed by users).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
-from sweeps.executors import (
-    EXECUTORS,
-    SlurmSettings,
-    WorkerArgs,
-    run_search,
-    run_sweep,
-    run_worker,
-)
+from lightning_modules.cli import ignore_library_warnings
+from sweeps.executors import EXECUTORS, SlurmSettings, run_search, run_sweep
 from sweeps.hpo import available_spaces
 from sweeps.hpo import summary as search_summary
 from sweeps.plan import plan_table
 from sweeps.render import render, results_dir
 from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
-from sweeps.storage import Heartbeat, dashboard_command, describe
+from sweeps.storage import Heartbeat, dashboard_command, ignore_experimental_warnings
 from sweeps.study import RowsFailed, failures, study_name
 from sweeps.tracking import LOGGERS, logging_to
 
@@ -54,13 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "table": "run the missing rows in this process, then render",
         "sweep": "run the missing rows with n workers (local or SLURM), then render",
         "render": "render only",
-        "worker": "one sweep worker (started by `sweep`)",
         "hpo": "a hyper-parameter search with n workers (local or SLURM)",
-        "hpo-worker": "one search worker (started by `hpo`)",
     }
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
-        if name.startswith("hpo"):
+        if name == "hpo":
             sub.add_argument(
                 "table_id", metavar="space", help=f"one of: {', '.join(available_spaces())}"
             )
@@ -127,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ignore_experimental_warnings()
+    ignore_library_warnings()
     if args.command == "list":
         print("\n".join(available_tables()))
         return 0
@@ -135,20 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         command[0] = str(Path(sys.executable).with_name(command[0]))
         print(
             f"http://127.0.0.1:{args.port} (ssh -L {args.port}:127.0.0.1:{args.port} to see it "
-            "from elsewhere); Ctrl-C stops it"
+            "from elsewhere); Ctrl-C stops it",
+            flush=True,
         )
-        return subprocess.call(command)
+        if not Path(command[0]).exists():
+            print(f"error: {command[0]} not found: pip install -e '.[cluster]'", file=sys.stderr)
+            return 2
+        # replaced, not a child: a signal to this process (a terminal, a test) stops the server
+        os.execv(command[0], command)
     profile = args.profile or default_profile()
     failed = None
     try:
-        if args.command in ("worker", "hpo-worker"):
-            kind = "table" if args.command == "worker" else "hpo"
-            storage = describe(args.storage, args.runs_dir)
-            worker = WorkerArgs(
-                kind, args.table_id, profile, str(args.runs_dir), storage, args.heartbeat
-            )
-            print(f"worker ran {run_worker(worker)} trial(s); nothing is left to do")
-            return 0
         if args.command == "hpo":
             study = run_search(
                 args.table_id,
@@ -167,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         spec = load_table(args.table_id)
         if args.command in ("table", "sweep"):
-            with logging_to(getattr(args, "logger", "csv"), study_name(spec, profile)):
+            group = study_name("table", spec.id, profile)
+            with logging_to(getattr(args, "logger", "csv"), group):
                 sweep = run_sweep(
                     spec.id,
                     profile,

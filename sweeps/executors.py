@@ -1,17 +1,20 @@
-"""Where the workers of a sweep run: in this process, as local processes, or as SLURM jobs.
+"""Where the workers of a sweep run: in this process, or as a submitit job array.
 
-Each executor only starts workers (``launch``) and counts the live ones (``alive``); what a
-worker does is ``sweeps.study.work``, and what happens when one dies is Optuna's heartbeat and
-retry (``sweeps.storage``). SLURM jobs go through submitit: a job array of workers, requeued
-by submitit on preemption or time-out (the callable is checkpointable), with Lightning's own
-SLURM auto-requeue switched off in ``sweeps.runs`` so that only one mechanism acts.
+``make table-<id>`` runs one worker (``sweeps.study.work``) in this process. ``make sweep-<id>``
+runs n workers as one submitit job array: local processes (``cluster="local"``) or SLURM jobs
+(``cluster="slurm"``), the same code for both. A worker's callable is checkpointable, so
+submitit requeues it on preemption or time-out; Lightning's own SLURM auto-requeue is switched
+off in ``sweeps.runs`` so that only one mechanism acts. What happens when a worker dies is
+Optuna's heartbeat and retry (``sweeps.storage``).
+
+Why not submitit's ``DebugExecutor`` (``cluster="debug"``) in this process too: it opens pdb on
+any exception (a table started from ``make`` would stop at a debugger prompt instead of ending
+with its error) and swaps ``os.environ`` and the logging handlers while it runs.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +22,33 @@ from typing import Any
 import optuna
 import yaml
 
+from lightning_modules.cli import ignore_library_warnings
+from sweeps.plan import RowPlan
 from sweeps.runs import is_finished
-from sweeps.specs import REPO, SpecError
-from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat
-from sweeps.study import Sweep, study_name, work
+from sweeps.specs import REPO, SpecError, load_table
+from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, ignore_experimental_warnings
+from sweeps.study import (
+    Progress,
+    Sweep,
+    enqueue_missing,
+    open_sweep,
+    study_name,
+    supervise,
+    table_progress,
+    work,
+)
 
 EXECUTORS = ("inprocess", "local", "slurm")
 SLURM_DEFAULTS = REPO / "experiments" / "cluster" / "slurm.yaml"
+# submitit stops a local job after its timeout_min (2 minutes unless set): a worker runs until
+# the queue is empty, so local workers get a week.
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 
 
 @dataclass
 class WorkerArgs:
-    """Everything a worker process needs to open the same study as its supervisor."""
+    """Everything a worker needs to open the same study as its supervisor (pickled into each
+    job). ``plans``: a table's rows as the supervisor planned them (not planned again)."""
 
     kind: str  # "table" (rows as queued trials) or "hpo" (a search space)
     name: str  # table id or search-space name
@@ -38,92 +56,52 @@ class WorkerArgs:
     runs_root: str
     storage: str
     heartbeat: Heartbeat
+    plans: list[RowPlan] | None = None
 
     @property
     def study(self) -> str:
-        return f"{'table' if self.kind == 'table' else 'hpo'}-{self.name}-{self.profile}"
-
-    def argv(self) -> list[str]:
-        beat = self.heartbeat
-        return [
-            "worker" if self.kind == "table" else "hpo-worker",
-            self.name,
-            "--profile",
-            self.profile,
-            "--runs-dir",
-            self.runs_root,
-            "--storage",
-            self.storage,
-            "--heartbeat",
-            f"{beat.interval},{beat.grace},{beat.max_retry}",
-        ]
+        return study_name(self.kind, self.name, self.profile)
 
 
 def run_worker(args: WorkerArgs) -> int:
-    """Body of every worker process or SLURM task: open the study, work until done."""
+    """Body of every worker job: open the study, work until done; returns the trials run."""
+    ignore_experimental_warnings()
+    ignore_library_warnings()
     if args.kind == "hpo":
         from sweeps.hpo import run_search_worker
 
         return run_search_worker(
             args.name, args.profile, Path(args.runs_root), args.storage, args.heartbeat
         )
-    from sweeps.specs import load_table
-    from sweeps.study import open_sweep
-
     sweep = open_sweep(
         load_table(args.name),
         args.profile,
         Path(args.runs_root),
         args.storage,
         heartbeat=args.heartbeat,
+        plans=args.plans,
     )
     return work(sweep)
 
 
-class InProcess:
-    """One worker in this process (``make table-<id>``): launch runs it to the end."""
+class Worker:
+    """The callable of every array task; checkpointable so that submitit requeues it.
+
+    On preemption or time-out submitit calls ``checkpoint`` and resubmits the same worker;
+    the trial it was running is retried from its run's last checkpoint by whichever worker
+    finds its heartbeat stale.
+    """
 
     def __init__(self, args: WorkerArgs) -> None:
         self.args = args
 
-    def launch(self, count: int) -> None:
-        run_worker(self.args)
+    def __call__(self, index: int) -> int:
+        return run_worker(self.args)
 
-    def alive(self) -> int:
-        return 0
+    def checkpoint(self, index: int):  # noqa: ANN201 (submitit.helpers.DelayedSubmission)
+        import submitit
 
-
-class LocalProcesses:
-    """n worker processes on this machine, logging to ``<runs>/sweeps/<study>/``."""
-
-    def __init__(self, args: WorkerArgs) -> None:
-        self.args = args
-        self.log_dir = Path(args.runs_root) / "sweeps" / args.study
-        self.processes: list[subprocess.Popen] = []
-        self.reported: set[int] = set()  # pids whose failure was already printed
-
-    def launch(self, count: int) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(count):
-            index = len(self.processes)
-            log = open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 (child owns it)
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sweeps", *self.args.argv()],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            log.close()
-            print(f"worker {index}: pid {process.pid}, log {self.log_dir / f'worker-{index}.log'}")
-            self.processes.append(process)
-
-    def alive(self) -> int:
-        for process in self.processes:
-            if process.poll() not in (None, 0) and process.pid not in self.reported:
-                self.reported.add(process.pid)
-                print(f"worker pid {process.pid} ended with exit code {process.returncode}")
-        return sum(process.poll() is None for process in self.processes)
+        return submitit.helpers.DelayedSubmission(Worker(self.args), index)
 
 
 @dataclass
@@ -147,46 +125,57 @@ class SlurmSettings:
         return cls(parameters)
 
 
-class Slurm:
-    """Workers as one submitit job array per launch; logs next to the runs."""
+class JobArray:
+    """Workers as one submitit job array per launch; logs in ``<runs>/<cluster>/<study>/``."""
 
-    def __init__(self, args: WorkerArgs, settings: SlurmSettings) -> None:
-        import submitit  # only needed on the slurm path
+    def __init__(self, args: WorkerArgs, cluster: str, settings: SlurmSettings | None) -> None:
+        import submitit
 
-        self.args = args
-        self.folder = Path(args.runs_root) / "slurm" / args.study
-        # %j is "<array>_<task>" for array tasks and "<job>" for a single one (a one-worker launch).
-        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm")
+        self.args, self.cluster = args, cluster
+        self.folder = Path(args.runs_root) / cluster / args.study
+        # %j is "<array>_<task>" for SLURM array tasks and the job id otherwise.
+        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
         self.executor.update_parameters(name=args.study)
+        parameters = (settings or SlurmSettings.load(None, [])).parameters
+        if cluster == "local":
+            parameters = {"timeout_min": LOCAL_TIMEOUT_MIN}
         try:
-            self.executor.update_parameters(**settings.parameters)
+            self.executor.update_parameters(**parameters)
         except (TypeError, ValueError) as error:
             raise SpecError(f"SLURM settings: {error}") from error
         self.jobs: list = []
+        self.reported: set[str] = set()  # jobs whose end without a result was printed
 
     def launch(self, count: int) -> None:
-        self.executor.update_parameters(slurm_array_parallelism=count)
-        jobs = self.executor.map_array(SlurmWorker(self.args), range(count))
-        print(
-            f"submitted job array {jobs[0].job_id.split('_')[0]} ({count} workers), "
-            f"logs in {self.folder}"
-        )
+        if self.cluster == "slurm":
+            self.executor.update_parameters(slurm_array_parallelism=count)
+        jobs = self.executor.map_array(Worker(self.args), range(count))
+        ids = ", ".join(job.job_id for job in jobs)
+        print(f"started {count} {self.cluster} worker job(s) {ids}, logs in {self.folder}")
         self.jobs.extend(jobs)
 
     def alive(self) -> int:
         alive = 0
         for job in self.jobs:
-            queued, reason = squeue_status(job)
-            if reason in NEVER_STARTS:
-                for other in self.jobs:
-                    other.cancel(check=False)
-                raise SpecError(
-                    f"SLURM will never start job {job.job_id} ({reason}); the submitted jobs "
-                    f"were cancelled. Check the SLURM settings (partition, time, GPUs, memory) "
-                    f"in {SLURM_DEFAULTS.relative_to(REPO)} or SLURM=..."
-                )
-            alive += queued and not job.paths.result_pickle.exists()
+            running = self._queued(job) if self.cluster == "slurm" else not job.done()
+            alive += running and not job.paths.result_pickle.exists()
+            if not running and not job.paths.result_pickle.exists():
+                if job.job_id not in self.reported:
+                    self.reported.add(job.job_id)
+                    print(f"worker job {job.job_id} ended without a result ({job.state})")
         return alive
+
+    def _queued(self, job) -> bool:  # noqa: ANN001 (submitit.Job)
+        queued, reason = squeue_status(job)
+        if reason in NEVER_STARTS:
+            for other in self.jobs:
+                other.cancel(check=False)
+            raise SpecError(
+                f"SLURM will never start job {job.job_id} ({reason}); the submitted jobs "
+                f"were cancelled. Check the SLURM settings (partition, time, GPUs, memory) "
+                f"in {SLURM_DEFAULTS.relative_to(REPO)} or SLURM=..."
+            )
+        return queued
 
 
 # Pending reasons after which SLURM never starts a job on its own (the request exceeds a limit).
@@ -202,9 +191,8 @@ NEVER_STARTS = {
     "QOSMaxCpuPerJobLimit",
     "QOSMaxGRESPerJob",
 }
-
-
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+# Job states after which a job that squeue still lists has ended.
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
 def squeue_status(job) -> tuple[bool, str]:  # noqa: ANN001 (submitit.Job)
@@ -224,57 +212,24 @@ def squeue_status(job) -> tuple[bool, str]:  # noqa: ANN001 (submitit.Job)
     if queued.returncode != 0 or not queued.stdout.strip():
         return False, ""
     state, _, reason = queued.stdout.split("\n")[0].partition(" ")
-    finished = state in (
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-    )
-    return not finished, reason.strip()
+    return state not in ENDED, reason.strip()
 
 
-class SlurmWorker:
-    """The callable of every array task; checkpointable so that submitit requeues it.
-
-    On preemption or time-out submitit calls ``checkpoint`` and resubmits the same worker;
-    the trial it was running is retried from its run's last checkpoint by whichever worker
-    finds its heartbeat stale.
-    """
-
-    def __init__(self, args: WorkerArgs) -> None:
-        self.args = args
-
-    def __call__(self, index: int) -> int:
-        return run_worker(self.args)
-
-    def checkpoint(self, index: int):  # noqa: ANN201 (submitit.helpers.DelayedSubmission)
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(SlurmWorker(self.args), index)
-
-
-def make_runner(
+def job_array(
     args: WorkerArgs, executor: str, workers: int, slurm: SlurmSettings | None
-) -> InProcess | LocalProcesses | Slurm:
-    """The executor named ``executor``; checks what can be checked before anything starts."""
-    if executor not in EXECUTORS:
-        raise SpecError(f"executor {executor!r} is not one of {EXECUTORS}")
+) -> JobArray:
+    """The workers of ``make sweep``/``make hpo``; checks what can be checked before anything
+    starts."""
+    if executor not in EXECUTORS[1:]:
+        raise SpecError(f"executor {executor!r} is not one of {EXECUTORS[1:]}")
     if workers < 1:
         raise SpecError(f"WORKERS={workers}: at least one worker is needed")
-    if executor == "inprocess":
-        if workers != 1:
-            raise SpecError("the in-process executor runs exactly one worker; use EXECUTOR=local")
-        return InProcess(args)
-    if executor == "local":
-        return LocalProcesses(args)
-    if args.storage.startswith("journal:"):
+    if executor == "slurm" and args.storage.startswith("journal:"):
         print(
             "warning: a journal file is safe only while every job runs on this machine "
             "(file locks on NFS are unreliable); use STORAGE=postgresql://... on a cluster"
         )
-    return Slurm(args, slurm or SlurmSettings.load(None, []))
+    return JobArray(args, executor, slurm)
 
 
 def run_sweep(
@@ -288,37 +243,49 @@ def run_sweep(
     slurm: SlurmSettings | None = None,
     poll: float = 5.0,
 ) -> Sweep:
-    """A table: validate, create the study, queue the missing rows, start workers, wait.
+    """A table: validate, create the study, queue the missing rows, run them, wait.
 
     Everything that can be wrong with the request (table, rows, storage, worker count,
     SLURM settings) fails here, before any worker or job exists.
     """
-    from sweeps.specs import load_table
-    from sweeps.study import enqueue_missing, open_sweep, supervise, table_progress
-
     spec = load_table(spec_id)
+    if executor == "inprocess" and workers != 1:
+        raise SpecError("the in-process executor runs exactly one worker; use EXECUTOR=local")
     sweep = open_sweep(spec, profile, runs_root, storage, workers, heartbeat)
     args = WorkerArgs(
-        "table", spec.id, profile, str(runs_root.resolve()), sweep.storage_url, heartbeat
+        "table",
+        spec.id,
+        profile,
+        str(runs_root.resolve()),
+        sweep.storage_url,
+        heartbeat,
+        plans=sweep.plans,
     )
-    runner = make_runner(args, executor, workers, slurm)
+    runner = None if executor == "inprocess" else job_array(args, executor, workers, slurm)
     queued = enqueue_missing(sweep)
     finished = len(sweep.own_rows) - len(sweep.missing())
     print(
-        f"{study_name(spec, profile)} on {sweep.storage_url}: {finished}/{len(sweep.own_rows)} "
-        f"rows finished, {len(queued)} newly queued, {workers} worker(s) ({executor})"
+        f"{args.study} on {sweep.storage_url}: {finished}/{len(sweep.own_rows)} rows "
+        f"finished, {len(queued)} newly queued, {workers} worker(s) ({executor})"
     )
     for plan in sweep.plans:
         if plan.row.source and plan.runnable and not is_finished(plan.run_dir):
             source = plan.row.source["table"]
             print(f"row '{plan.row.label}' comes from table {source}: run `make table-{source}`")
+    progress = table_progress(sweep)
+    if runner is None:  # make table: the rows one after the other, here
+        try:
+            work(sweep, progress)
+        finally:
+            progress.close()
+        return sweep
     supervise(
         sweep.study,
         runner.launch,
         runner.alive,
         workers,
         pending=lambda counts: counts["WAITING"],
-        progress=table_progress(sweep),
+        progress=progress,
         poll=poll,
     )
     return sweep
@@ -337,12 +304,10 @@ def run_search(
 ) -> optuna.Study:
     """A hyper-parameter search: validate, create the study, start workers, wait."""
     from sweeps.hpo import FINISHED, open_search
-    from sweeps.study import Progress, supervise
 
     space, study, url = open_search(name, profile, runs_root, storage, workers, heartbeat)
     args = WorkerArgs("hpo", space.name, profile, str(runs_root.resolve()), url, heartbeat)
-
-    runner = make_runner(args, executor, workers, slurm)
+    runner = job_array(args, executor, workers, slurm)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     print(
         f"{study.study_name} on {url}: {finished}/{space.n_trials} trials finished, "

@@ -9,8 +9,8 @@ way, and ``MaxTrialsCallback`` caps the finished trials over all workers.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from sweeps.plots import epoch_metrics
 from sweeps.runs import execute, resolve, run_dir_for
 from sweeps.specs import REPO, SpecError, apply_profile, deep_merge, load_profile
 from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, describe, open_storage
-from sweeps.study import trial_counts, worker_name
+from sweeps.study import study_name, trial_counts, worker_name
 
 SPACES = REPO / "sweeps" / "spaces"
 
@@ -39,20 +39,28 @@ def space_dirs() -> list[Path]:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
-    """Random search whose draws depend on (seed, trial number) only.
+class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
+    """Random search whose draws depend on (seed, trial number, parameter) only.
 
     Every worker builds its own sampler; with one shared seed, plain ``RandomSampler`` would
     draw the same values in every worker (and their runs would share one folder). Trial numbers
-    are unique across workers, so this gives distinct and reproducible samples.
+    are unique across workers, so this gives distinct and reproducible samples: each value is
+    drawn by a ``RandomSampler`` seeded by (seed, trial number, parameter name).
     """
 
     def __init__(self, seed: int = 0) -> None:
-        super().__init__(seed)
-        self._seed = seed
+        self.seed = seed
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self._rng.rng.seed([self._seed, trial.number])
+    def infer_relative_search_space(self, study, trial) -> dict:  # noqa: ANN001
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:  # noqa: ANN001
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        digest = hashlib.sha256(f"{self.seed}/{trial.number}/{param_name}".encode()).digest()
+        sampler = optuna.samplers.RandomSampler(seed=int.from_bytes(digest[:4], "little"))
+        return sampler.sample_independent(study, trial, param_name, param_distribution)
 
 
 @dataclass
@@ -136,10 +144,6 @@ def trial_config(space: SearchSpace, profile: str, overrides: dict[str, Any]) ->
     return with_data_root(deep_merge(config, overrides))
 
 
-def study_name(space: SearchSpace, profile: str) -> str:
-    return f"hpo-{space.name}-{profile}"
-
-
 def open_search(
     name: str,
     profile: str,
@@ -154,7 +158,7 @@ def open_search(
     probe = optuna.create_study(sampler=space.make_sampler())  # in memory: a dry sample
     resolve(trial_config(space, profile, space.suggest(probe.ask())))
     study = optuna.create_study(
-        study_name=study_name(space, profile),
+        study_name=study_name("hpo", space.name, profile),
         storage=open_storage(storage, runs_root, workers, heartbeat),
         sampler=space.make_sampler(),
         pruner=space.make_pruner(),
@@ -214,10 +218,6 @@ def run_search_worker(
         catch=(RuntimeError, ValueError, FloatingPointError),
     )
     return len(study.get_trials(deepcopy=False, states=FINISHED)) - before
-
-
-def needs_workers(space: SearchSpace, counts: Counter) -> bool:
-    return counts["COMPLETE"] + counts["PRUNED"] < space.n_trials
 
 
 def summary(study: optuna.Study) -> str:

@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from datamodules.files import write_atomic
-from lightning_modules.dsp import mel_filterbank
-from lightning_modules.evaluation import aggregate
-from lightning_modules.figures import mel_filterbank_figure
-from lightning_modules.stats import network_stats, trained_network_stats
+from lightning_modules.dsp.spectral import mel_filterbank
+from lightning_modules.evaluation.bss import aggregate
+from lightning_modules.evaluation.figures import mel_filterbank_figure
+from lightning_modules.inference.stats import network_stats, trained_network_stats
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
 from sweeps.runs import RESULT, checkpoint_path, load_result

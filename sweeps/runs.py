@@ -8,7 +8,6 @@ again. A lock file keeps two processes from working on the same run at once.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from lightning.pytorch import Callback
 
 from datamodules.files import write_atomic, write_json_atomic
@@ -90,12 +90,11 @@ def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
     """Exclusive use of a run folder; ``wait`` blocks until the holder is done instead of
     failing. The kernel drops the lock when its holder dies, even by SIGKILL."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as error:
-            raise RuntimeError(f"run {run_dir} is being worked on by another process") from error
-        yield
+    try:
+        with FileLock(run_dir / ".lock", timeout=-1 if wait else 0):
+            yield
+    except Timeout as error:
+        raise RuntimeError(f"run {run_dir} is being worked on by another process") from error
 
 
 def describe_device(trainer) -> str:

@@ -11,6 +11,12 @@ loss, preemption) is failed by the next worker that looks once its heartbeat is 
 grace period, and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues it again with the same
 row: its run folder (named by the config hash) still holds ``checkpoints/last.ckpt``, so the
 retry resumes instead of starting over.
+
+This is the one module that uses Optuna's private API: the journal storage has no heartbeat,
+and the only way to give it one that ``study.optimize`` and ``fail_stale_trials`` honour is
+Optuna's own ``optuna.storages._heartbeat.BaseHeartbeat`` (with ``_get_stale_trial_ids``, and
+``FrozenTrial._trial_id`` for the storage's trial ids). ``tests/test_sweep_workers.py`` pins
+that contract, so an Optuna upgrade that changes it fails there.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from sweeps.specs import SpecError
 
 HEARTBEAT_ATTR = "heartbeat"
 
-# Optuna marks the heartbeat API experimental (since 2.8); the sweeps are built on it.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+def ignore_experimental_warnings() -> None:
+    """Optuna marks the heartbeat API experimental (since 2.8); the sweeps are built on it.
+    Called by the entry points (the command line, each worker job), not at import."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,19 @@
-"""A table as an Optuna study: every row missing a finished run is a queued trial.
+"""A table as an Optuna study: a row becomes a trial becomes a run folder.
 
-One process prepares the sweep (validates every row, opens the storage, creates the study and
-enqueues the missing rows); workers (this process, local processes or SLURM jobs, see
-``sweeps.executors``) pop queued trials one at a time and run them; the preparing process
-supervises until the queue is drained. The run folders decide what is missing, so re-running
-a table or a sweep after a crash continues where it stopped, and a row is never run twice:
-its run folder is locked while it trains and ``result.json`` marks it finished.
+1. ``open_sweep`` plans the table once: every row's stages as resolved configs, each in the run
+   folder its identity names (``sweeps.plan``), and opens the study (``table-<id>-<profile>``).
+2. ``enqueue_missing`` queues one trial per row without a finished run (``enqueue_trial`` with
+   the row's label as a user attribute), unless one is queued or running already.
+3. ``work`` is a worker: ``study.optimize`` pops the queued trials one by one (``ask``), keeps
+   their heartbeat while ``run_row`` trains and tests the row's stages in their run folders
+   (``sweeps.runs.execute``), and tells the median SDR; a failing row fails its trial only.
+   It stops when the queue is empty. A trial whose worker died is failed once its heartbeat is
+   stale, and queued again by Optuna's retry callback (``sweeps.storage``): the same run folder
+   resumes from its last checkpoint.
+
+The run folders decide what is missing, so re-running a table or a sweep after a crash
+continues where it stopped, and a row is never run twice: its run folder is locked while it
+trains and ``result.json`` marks it finished. Where workers run: ``sweeps.executors``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from tqdm import tqdm
 
@@ -31,8 +38,10 @@ from sweeps.specs import TableSpec
 from sweeps.storage import DEFAULT_HEARTBEAT, Heartbeat, describe, open_storage, retried_from
 
 
-def study_name(spec: TableSpec, profile: str) -> str:
-    return f"table-{spec.id}-{profile}"
+def study_name(kind: str, name: str, profile: str) -> str:
+    """``table-4.3-smoke``, ``hpo-random-search-thesis``: one study per table (or search space)
+    and profile, whatever storage holds it."""
+    return f"{kind}-{name}-{profile}"
 
 
 @dataclass
@@ -66,20 +75,27 @@ def open_sweep(
     storage: str | None = None,
     workers: int = 1,
     heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
+    plans: list[RowPlan] | None = None,
 ) -> Sweep:
     """Open the storage, validate every row and open the study; fails (``SpecError``) before
-    anything runs. The storage comes first: its errors (a URL that cannot connect, SQLite with
-    several workers) are cheaper to find than a bad row."""
-    checked_root(os.environ.get("MUSDB_ROOT"))  # a wrong data set: nothing is created
+    anything runs. The data set comes first (nothing is created for a wrong one), then the
+    storage: its errors (a URL that cannot connect, SQLite with several workers) are cheaper
+    to find than a bad row. ``plans``: the table as a supervisor already planned it."""
+    checked_root(os.environ.get("MUSDB_ROOT"))
     backend = open_storage(storage, runs_root, workers, heartbeat)
-    plans = plan_table(spec, profile, runs_root)  # resolves every row's config
+    if plans is None:
+        plans = plan_table(spec, profile, runs_root)  # resolves every row's config
     study = optuna.create_study(
-        study_name=study_name(spec, profile),
+        study_name=study_name("table", spec.id, profile),
         storage=backend,
         direction="maximize",
         load_if_exists=True,
     )
     return Sweep(spec, profile, runs_root, plans, study, describe(storage, runs_root))
+
+
+def waiting(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def enqueue_missing(sweep: Sweep) -> list[str]:
@@ -111,58 +127,53 @@ def enqueue_missing(sweep: Sweep) -> list[str]:
     return queued
 
 
-def work(sweep: Sweep) -> int:
-    """A worker: pop queued trials and run them until the queue is empty; returns how many ran.
+def work(sweep: Sweep, progress: Progress | None = None) -> int:
+    """A worker: run queued rows, one trial each, until the queue is empty; returns how many
+    it ran. ``study.optimize`` pops each queued trial, records its heartbeat and tells it."""
+    study, ran = sweep.study, []
 
-    Between trials it fails the trials of dead workers, which queues their retries.
-    """
-    done = 0
-    while True:
-        fail_stale_trials(sweep.study)
-        # Popping (not ``study.ask``) never creates a trial when the queue is empty, so a
-        # worker that loses the race for the last row leaves no empty trial behind.
-        trial_id = sweep.study._pop_waiting_trial_id()
-        if trial_id is None:
-            break
-        run_trial(sweep, optuna.Trial(sweep.study, trial_id))
-        done += 1
-    return done
-
-
-def run_trial(sweep: Sweep, trial: optuna.Trial) -> None:
-    """Run the row of one popped trial under a heartbeat, then tell the study."""
-    study = sweep.study
-    label = trial.user_attrs.get("row")
-    trial.set_user_attr("worker", worker_name())
-    frozen = study._storage.get_trial(trial._trial_id)
-    if (retry_of := retried_from(frozen)) is not None:
-        print(f"trial {trial.number} retries trial {retry_of} (its worker died)")
-    with get_heartbeat_thread(trial._trial_id, study._storage):
+    def run_trial(trial: optuna.Trial) -> float:
+        label = trial.user_attrs.get("row")
+        if label is None:  # another worker took the last queued row between check and ask
+            study.stop()
+            raise optuna.TrialPruned("no queued row was left for this worker")
+        ran.append(label)
+        trial.set_user_attr("worker", worker_name())
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        if (retry_of := retried_from(frozen)) is not None:
+            print(f"trial {trial.number} retries trial {retry_of} (its worker died)")
         try:
             plan = sweep.by_label.get(label)
             if plan is None:
                 raise KeyError(f"row {label!r} is not in table {sweep.spec.id} any more")
             result = run_row(plan, sweep.by_label, sweep.profile, wait=True)
-        except (KeyboardInterrupt, SystemExit):
-            # Ctrl-C (Lightning turns it into SystemExit inside fit/test). Failed at once, so
-            # that the next run starts without waiting for the heartbeat grace period; the run
-            # folder resumes from its last checkpoint.
+        except (KeyboardInterrupt, SystemExit) as error:
+            # Ctrl-C (Lightning turns it into SystemExit inside fit/test): Optuna fails the
+            # trial at once, so the next run starts without waiting for the heartbeat grace
+            # period; the run folder resumes from its last checkpoint.
             trial.set_user_attr("error", "KeyboardInterrupt: interrupted by the user")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
+            raise KeyboardInterrupt from error
         except Exception as error:  # recorded on the trial; the row stays missing
             trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
-            study.tell(trial, state=TrialState.FAIL)
             print(f"row '{label}' failed: {type(error).__name__}: {error}")
-            return
-    if result.get("resumed_from_epoch") is not None:
-        trial.set_user_attr("resumed_from_epoch", result["resumed_from_epoch"])
-    sdr = result["scores"].get("SDR", {}).get("median", math.nan)
-    if math.isfinite(sdr):
-        study.tell(trial, sdr)
-    else:
-        trial.set_user_attr("error", "no finite median SDR")
-        study.tell(trial, state=TrialState.FAIL)
+            raise
+        if result.get("resumed_from_epoch") is not None:
+            trial.set_user_attr("resumed_from_epoch", result["resumed_from_epoch"])
+        sdr = result["scores"].get("SDR", {}).get("median", math.nan)
+        if not math.isfinite(sdr):
+            trial.set_user_attr("error", "no finite median SDR")  # Optuna fails a NaN value
+        return sdr
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress is not None:
+            progress.update()
+        if not waiting(study):
+            study.stop()
+
+    fail_stale_trials(study)  # dead workers' trials fail, and their retries are queued
+    if waiting(study):
+        study.optimize(run_trial, callbacks=[after_trial], catch=(Exception,))
+    return len(ran)
 
 
 def run_row(plan: RowPlan, by_label: dict[str, RowPlan], profile: str, wait: bool = False) -> dict:
@@ -245,12 +256,12 @@ def supervise(
 ) -> None:
     """Keep workers going until nothing is pending and every running trial has ended.
 
-    ``launch(n)`` starts n workers (in this process it runs one to the end); ``alive()``
-    counts those still going; ``pending(counts)`` says how much work is left (queued rows of
-    a table, trials short of a search's cap). A trial whose worker died stays RUNNING until
-    its heartbeat is older than the grace period; then it is failed and queued again, and if
-    no worker is left to take it, new ones are launched (at most ``max_launches`` times, so a
-    row that kills every worker cannot loop forever).
+    ``launch(n)`` starts n workers; ``alive()`` counts those still going; ``pending(counts)``
+    says how much work is left (queued rows of a table, trials short of a search's cap). A
+    trial whose worker died stays RUNNING until its heartbeat is older than the grace period;
+    then it is failed and queued again, and if no worker is left to take it, new ones are
+    launched (at most ``max_launches`` times, so a row that kills every worker cannot loop
+    forever).
     """
     launches = 0
     try:

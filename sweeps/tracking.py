@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from lightning_modules.evaluation import aggregate
+from lightning_modules.evaluation.bss import aggregate
 from sweeps.specs import SpecError
 
 LOGGER_ENV = "MSS_LOGGER"  # "csv" (default) or "wandb"

@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from lightning_modules.nets import BandConfig, MMDenseNet
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 TINY_BAND = BandConfig(growth_rates=(2,) * 7, layers=(1,) * 7)
 
@@ -42,7 +42,7 @@ def tiny_final_separator(pruned: bool = False) -> SpectrogramSeparator:
     down-sampling convs, bottleneck layers, Wiener-like mask; optionally with PSP and about a
     third of its structures below the threshold."""
     from lightning_modules.nets.pruning import set_threshold
-    from lightning_modules.psp import PSPConfig
+    from lightning_modules.separators.psp import PSPConfig
 
     torch.manual_seed(0)
     net = MMDenseNet(

@@ -66,9 +66,9 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from datamodules.conventions import targets_from_sources
 from datamodules.files import write_atomic
-from datamodules.sampler import targets_from_sources
-from lightning_modules.separator import Separator
+from lightning_modules.separators.separator import Separator
 from sweeps import identity
 from sweeps.identity import results_versions
 
@@ -843,7 +843,15 @@ def merge(
 # --------------------------------------------------------------------------------------------
 
 #: The suite's packages searched for versioned classes.
-PACKAGES = ("lightning_modules", "lightning_modules.nets", "datamodules")
+PACKAGES = (
+    "lightning_modules",
+    "lightning_modules.nets",
+    "lightning_modules.dsp",
+    "lightning_modules.evaluation",
+    "lightning_modules.separators",
+    "lightning_modules.inference",
+    "datamodules",
+)
 #: Classes of other libraries whose defaults enter every run's identity: the Trainer (a Lightning
 #: upgrade may change its defaults), and the callbacks the experiments name that are hashed (not
 #: ``identity.RUNTIME_CALLBACKS``). ``tests/test_results_version.py`` fails on a class path in

@@ -17,6 +17,7 @@ import torch
 
 import datamodules
 from datamodules.cache import RESAMPLER, SOURCES
+from datamodules.conventions import chunk_samples
 from datamodules.ffmpeg import wheel_binaries
 from datamodules.musdb_datamodule import (
     MUSDBDataModule,
@@ -24,7 +25,6 @@ from datamodules.musdb_datamodule import (
     official_validation_tracks,
     validation_names,
 )
-from lightning_modules.dsp import chunk_samples
 from tests.conftest import SYNTHETIC
 
 CHUNK = chunk_samples(8)  # 5632 samples
@@ -174,6 +174,7 @@ def test_validation_chunks_deterministic(dm: MUSDBDataModule, synthetic_dm_kwarg
     assert [len(b["mixture"]) for b in batches] == [4, 4, 3]
     assert torch.equal(torch.cat([b["mixture"] for b in batches]), chunks["mixture"])
     assert torch.equal(torch.cat([b["targets"] for b in batches]), chunks["targets"])
+    assert torch.equal(torch.cat([b["index"] for b in batches]), torch.arange(n))
 
 
 def test_validation_chunks_capped_per_track(synthetic_dm_kwargs: dict) -> None:

@@ -1,4 +1,4 @@
-"""Tests for lightning_modules.dsp: STFT conventions, masks and Mel filter banks."""
+"""Tests for lightning_modules.dsp.spectral: STFT conventions, masks and Mel filter banks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules import dsp
-from lightning_modules.dsp import (
+from lightning_modules.dsp import spectral as dsp
+from lightning_modules.dsp.spectral import (
     HOP,
     N_FFT,
     apply_mask,

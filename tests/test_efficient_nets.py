@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_modules.inference.stats import count_macs, count_parameters
 from lightning_modules.nets import BottleneckDenseLayer, MultiHeadMMDenseNet
 from lightning_modules.nets.mmdensenet import (
     BandConfig,
@@ -15,7 +16,6 @@ from lightning_modules.nets.mmdensenet import (
     Downsample,
     MMDenseNet,
 )
-from lightning_modules.stats import count_macs, count_parameters
 
 MEL_FULL_BAND = BandConfig(growth_rates=(18,) * 7, layers=(4,) * 7)
 MEL_BINS, FRAMES = 128, 8
@@ -136,7 +136,7 @@ def test_multihead_passes_chapter5_options_and_builds_second_block_alike() -> No
         embedding_split="pre_block",
     )
     assert count_parameters(net.inference_net()) == 179_597
-    assert isinstance(net.second_block, DenseBlock) and net.second_block.bottleneck
+    assert isinstance(net.second_block, DenseBlock) and net.second_block.bottleneck_compression
     out = net(torch.rand(1, 1, MEL_BINS, FRAMES))
     assert out["main"].shape == out["second"].shape == (1, 1, MEL_BINS, FRAMES)
     assert out["embedding"].shape == (1, 20, MEL_BINS, FRAMES)

@@ -1,4 +1,4 @@
-"""Tests for lightning_modules.evaluation (museval BSS Eval v4, PES/EPS, aggregation, parallel)."""
+"""Tests for lightning_modules.evaluation.bss: museval BSS Eval v4, PES/EPS, aggregation, pool."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import stempeg
 import torch
 
-from lightning_modules.evaluation import (
+from lightning_modules.evaluation.bss import (
     INF_DB,
     BSSConditioningWarning,
     ParallelEvaluator,

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.export import TOLERANCE, export, inference_pipeline
-from lightning_modules.export import main as export_main
+from lightning_modules.inference.export import TOLERANCE, export, inference_pipeline
+from lightning_modules.inference.export import main as export_main
+from lightning_modules.inference.runtime import load_exported
 from lightning_modules.nets import MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.fold import fold_batchnorm
 from lightning_modules.nets.mmdensenet import BottleneckDenseLayer
-from lightning_modules.runtime import load_exported
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 from tests.exported_models import (
     TINY_BAND,
     randomise_statistics_,
@@ -158,7 +158,7 @@ def test_export_cli_from_a_checkpoint_and_its_errors(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_failed_check_keeps_an_existing_output(tmp_path, monkeypatch, fmt: str) -> None:
-    import lightning_modules.export as export_module
+    import lightning_modules.inference.export as export_module
 
     out = tmp_path / f"model.{fmt}"
     out.write_bytes(b"the previous, good export")
@@ -170,7 +170,7 @@ def test_failed_check_keeps_an_existing_output(tmp_path, monkeypatch, fmt: str) 
 
 
 def test_failed_export_keeps_an_existing_output(tmp_path, monkeypatch, capsys) -> None:
-    import lightning_modules.export as export_module
+    import lightning_modules.inference.export as export_module
 
     def half_written(pipeline, info, path):
         path.write_bytes(b"half an onnx fi")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from datamodules.provenance import git_commit, machine
-from lightning_modules.latency import markdown, summarise, targets, time_rounds
+from lightning_modules.inference.latency import markdown, summarise, targets, time_rounds
 
 
 def _times() -> dict[tuple, list[float]]:
@@ -95,7 +95,7 @@ def test_cpu_times_are_reported_for_one_thread_only() -> None:
 
 def test_run_writes_commit_date_machine_and_load_into_both_files(tmp_path, monkeypatch) -> None:
     """The whole benchmark at toy size: one tiny model, one round."""
-    import lightning_modules.latency as latency
+    import lightning_modules.inference.latency as latency
     from tests.exported_models import tiny_separator
 
     tiny = latency.Candidate("baseline", tiny_separator(), "tiny", "a tiny MMDenseNet")

@@ -1,4 +1,4 @@
-"""Tests for lightning_modules.losses: deep clustering, attractors and the chimera objective."""
+"""Tests for lightning_modules.separators.losses: deep clustering, attractors, chimera loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses import (
+from lightning_modules.separators.losses import (
     attractor_masks,
     attractors,
     chimera_loss,
@@ -411,8 +411,8 @@ def _brute_force_attractor_loss(
 
 
 def test_attractor_loss_follows_eq_4_10_unweighted_by_default_magnitude_as_option() -> None:
-    from lightning_modules.chimera import ChimeraSeparator
     from lightning_modules.nets import MultiHeadMMDenseNet
+    from lightning_modules.separators.chimera import ChimeraSeparator
 
     # 2 x 2 bins; vocals dominate (0, 0) and (1, 1), whose mixture magnitudes 4 and 3 differ,
     # so |X| weighting moves the vocals' attractor from (0.5, -0.5) to (4/7, -3/7).

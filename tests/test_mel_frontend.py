@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.chimera import ChimeraSeparator
-from lightning_modules.dsp import (
+from lightning_modules.dsp.spectral import (
     chunk_samples,
     linear_to_mel,
     mel_filterbank,
@@ -18,11 +17,12 @@ from lightning_modules.dsp import (
     stft,
     wiener_like_mask,
 )
-from lightning_modules.losses import deep_clustering_loss
+from lightning_modules.inference.stats import network_stats
 from lightning_modules.nets import MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.mmdensenet import BandConfig
-from lightning_modules.spectrogram import SpectrogramSeparator
-from lightning_modules.stats import network_stats
+from lightning_modules.separators.chimera import ChimeraSeparator
+from lightning_modules.separators.losses import deep_clustering_loss
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 MEL_FULL = BandConfig(growth_rates=(18,) * 7, layers=(4,) * 7)
 
@@ -171,8 +171,8 @@ def test_stats_count_a_mel_network_on_mel_bins() -> None:
 
 
 def test_mel_filterbank_figure_and_oracle_mask_figure_are_written(tmp_path) -> None:
-    from lightning_modules.figures import mel_filterbank_figure
-    from lightning_modules.oracle import OracleMaskSeparator
+    from lightning_modules.evaluation.figures import mel_filterbank_figure
+    from lightning_modules.separators.oracle import OracleMaskSeparator
 
     path = mel_filterbank_figure(mel_filterbank(32000, 128), 32000, tmp_path / "mel.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.inference.stats import count_macs, count_parameters
 from lightning_modules.nets import BandConfig, DenseLayer, MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.pruning import (
     ChannelSelect,
@@ -27,7 +28,6 @@ from lightning_modules.nets.pruning import (
     structure_parameters,
     threshold,
 )
-from lightning_modules.stats import count_macs, count_parameters
 
 BINS, FRAMES = 64, 8  # small input: divisible by 2**3 per band
 

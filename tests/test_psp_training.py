@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_modules import SpectrogramSeparator
+from lightning_modules.inference.stats import count_macs, count_parameters
 from lightning_modules.nets import MMDenseNet
 from lightning_modules.nets.pruning import (
     add_psp,
@@ -19,9 +20,8 @@ from lightning_modules.nets.pruning import (
     sparsity,
     structure_parameters,
 )
-from lightning_modules.psp import PSPConfig, ThresholdSchedule
-from lightning_modules.separate import load_separator
-from lightning_modules.stats import count_macs, count_parameters
+from lightning_modules.separators.checkpoint import load_separator
+from lightning_modules.separators.psp import PSPConfig, ThresholdSchedule
 from sweeps.plots import epoch_metrics, threshold_figure
 from sweeps.render import efficiency_columns
 from sweeps.runs import execute, resolve

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import lightning_modules.spectrogram as spectrogram
+import lightning_modules.separators.spectrogram as spectrogram
 import sweeps.render as render_module
 from sweeps.__main__ import main as sweeps_main
 from sweeps.identity import RUNTIME_ONLY, config_hash, results_versions, row_key

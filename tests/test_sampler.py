@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.cache import SOURCES
-from datamodules.sampler import (
-    TARGET_SETS,
-    RandomMixBatches,
-    RandomMixSampler,
-    targets_from_sources,
-)
+from datamodules.conventions import SOURCES, TARGET_SETS, targets_from_sources
+from datamodules.sampler import RandomMixBatches, RandomMixSampler
 
 CHUNK = 64
 LENGTHS = [CHUNK, 3 * CHUNK + 5, 2 * CHUNK - 1, 5 * CHUNK]

@@ -11,8 +11,8 @@ from torch import nn
 
 from datamodules.musdb_datamodule import MUSDBDataModule
 from datamodules.sampler import ExcerptSampler
-from lightning_modules.dsp import stft
-from lightning_modules.spectrogram import LOG_EPS, SpectrogramSeparator, input_statistics
+from lightning_modules.dsp.spectral import stft
+from lightning_modules.separators.spectrogram import LOG_EPS, SpectrogramSeparator, input_statistics
 
 
 def test_excerpt_sampler_without_shift_repeats_one_chunk() -> None:

@@ -9,11 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.dsp import chunk_samples, stft
+from lightning_modules.dsp.spectral import chunk_samples, stft
 from lightning_modules.nets import MMDenseNet
-from lightning_modules.oracle import OracleMaskSeparator
-from lightning_modules.separator import split_decay_groups
-from lightning_modules.spectrogram import SpectrogramSeparator, framewise_snr, in_blocks
+from lightning_modules.separators.oracle import OracleMaskSeparator
+from lightning_modules.separators.separator import split_decay_groups
+from lightning_modules.separators.spectrogram import (
+    ChunkMedian,
+    SpectrogramSeparator,
+    framewise_snr,
+    in_blocks,
+)
 
 
 class TinyNet(nn.Module):
@@ -161,6 +166,20 @@ def test_validation_sdr_is_the_median_over_chunks_with_non_silent_vocals() -> No
     assert logged["val/sdr"].item() == pytest.approx(10.0, abs=0.2)
 
 
+def test_chunk_median_counts_chunks_repeated_across_ranks_once() -> None:
+    """What ``val/sdr`` sees under DDP: the states of all ranks concatenated (torchmetrics'
+    gather), where the distributed sampler repeated chunk 0 to even out two ranks."""
+    values = torch.tensor([1.0, 2.0, 4.0, 100.0, math.nan])
+    gathered = ChunkMedian()
+    gathered.update(values[[0, 2, 4]], torch.tensor([0, 2, 4]))  # rank 0
+    gathered.update(values[[1, 3, 0]], torch.tensor([1, 3, 0]))  # rank 1: chunk 0 again
+    # every chunk once, the silent (NaN) one left out, the middle pair averaged: (2 + 4) / 2
+    assert gathered.compute().item() == 3.0
+    single = ChunkMedian()
+    single.update(values)  # one device, no indices: the same median, nothing dropped
+    assert single.compute().item() == values.nanquantile(0.5).item() == 3.0
+
+
 @pytest.mark.parametrize("mask", ["wf", "tps"])
 def test_oracle_mask_targets_are_bounded(mask: str) -> None:
     model = SpectrogramSeparator(TinyNet(), objective="mask", mask=mask, context_frames=8)
@@ -187,8 +206,8 @@ def test_mask_objectives_estimate_mask_times_mixture() -> None:
 
 
 def test_joint_masks_split_the_mixture_between_the_heads() -> None:
-    from lightning_modules.multitask import MultiTaskSeparator
     from lightning_modules.nets import MultiHeadMMDenseNet
+    from lightning_modules.separators.multitask import MultiTaskSeparator
 
     net = MultiHeadMMDenseNet(second_head="out_block")
     model = MultiTaskSeparator(net, joint_mask=True, context_frames=8).eval()
@@ -203,8 +222,8 @@ def test_joint_masks_split_the_mixture_between_the_heads() -> None:
 
 
 def test_chimera_validates_its_weight() -> None:
-    from lightning_modules.chimera import ChimeraSeparator
     from lightning_modules.nets import MultiHeadMMDenseNet
+    from lightning_modules.separators.chimera import ChimeraSeparator
 
     net = MultiHeadMMDenseNet(embedding_split="pre_block")
     with pytest.raises(ValueError, match="alpha"):
@@ -229,8 +248,8 @@ def test_no_output_function_and_absolute_value_are_different_models() -> None:
 
 
 def test_training_only_heads_are_not_computed_at_inference() -> None:
-    from lightning_modules.chimera import ChimeraSeparator
     from lightning_modules.nets import MultiHeadMMDenseNet
+    from lightning_modules.separators.chimera import ChimeraSeparator
 
     model = ChimeraSeparator(MultiHeadMMDenseNet(embedding_split="pre_block"), context_frames=8)
     calls = []

@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from lightning_modules.export import export
-from lightning_modules.runtime import load_exported
-from lightning_modules.separate import main as separate_main
-from lightning_modules.stream import BlockStream, stream_array, stream_raw
+from lightning_modules.inference.export import export
+from lightning_modules.inference.runtime import load_exported
+from lightning_modules.inference.separate import main as separate_main
+from lightning_modules.inference.stream import BlockStream, stream_array, stream_raw
 from tests.exported_models import tiny_separator
 
 RATE = 16000

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lightning_modules.separate import main as separate_main
+from lightning_modules.inference.separate import main as separate_main
 from sweeps.__main__ import main as sweeps_main
 from sweeps.identity import config_hash
 from sweeps.plan import plan_table
@@ -221,7 +221,7 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path) -> None:
 def test_failed_run_is_not_finished_and_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     import lightning.pytorch as pl
 
-    from lightning_modules.spectrogram import SpectrogramSeparator
+    from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
     resolved = _ci_run("4.1", "3x3", **{"trainer.max_epochs": 2})
     run_dir = run_dir_for(resolved, tmp_path)

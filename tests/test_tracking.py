@@ -222,7 +222,7 @@ def test_a_trial_writes_an_offline_wandb_run_with_curves_and_final_scores(tmp_pa
 
 @pytest.mark.slow
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch) -> None:
-    from lightning_modules.spectrogram import SpectrogramSeparator
+    from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
     resolved = _ci_run(**TWO_EPOCHS)
     run_dir = run_dir_for(resolved, tmp_path / "runs")

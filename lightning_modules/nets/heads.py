@@ -133,7 +133,7 @@ class MultiHeadMMDenseNet(nn.Module):
                 final.in_channels,
                 final.out_channels,
                 len(final.layers),
-                final.bottleneck,
+                final.bottleneck_compression,
                 dropout,
             )
             self.second_output_conv = nn.Conv2d(

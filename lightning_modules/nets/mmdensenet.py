@@ -119,8 +119,10 @@ class DenseBlock(nn.Module):
 
     Layer ``i`` sees the block input concatenated with all previous layer outputs. Returning
     only the last layer (as in Fig. 1 of the MMDenseNet paper) keeps channel counts at ``k``
-    instead of growing with every block. ``bottleneck=True`` builds ``BottleneckDenseLayer``s
-    (thesis Section 5.3, "BC") instead of ``DenseLayer``s; ``self.layers`` holds them either way.
+    instead of growing with every block. ``bottleneck_compression=True`` builds
+    ``BottleneckDenseLayer``s (thesis Section 5.3, "BC") instead of ``DenseLayer``s;
+    ``self.layers`` holds them either way. (The networks' flag of the same name sets it; a
+    network's ``bottleneck`` is the U-Net's middle block, something else.)
     """
 
     def __init__(
@@ -128,7 +130,7 @@ class DenseBlock(nn.Module):
         in_channels: int,
         growth_rate: int,
         num_layers: int,
-        bottleneck: bool = False,
+        bottleneck_compression: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -136,8 +138,8 @@ class DenseBlock(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.in_channels = in_channels
         self.out_channels = growth_rate
-        self.bottleneck = bottleneck
-        layer = BottleneckDenseLayer if bottleneck else DenseLayer
+        self.bottleneck_compression = bottleneck_compression  # a flag: no state_dict entry
+        layer = BottleneckDenseLayer if bottleneck_compression else DenseLayer
         self.layers = nn.ModuleList(
             layer(in_channels + i * growth_rate, growth_rate, dropout=dropout)
             for i in range(num_layers)

@@ -1,8 +1,8 @@
 """Latency per block: baseline, final and pruned model; eager, TorchScript, ONNX Runtime.
 
-``python -m lightning_modules.latency --out results/bench`` (part of ``make bench``) times one
-block of C = 8 frames (batch 1) through each model's exported spectral pipeline, with 1 and 2
-threads, all in one run: configurations are interleaved round by round, so a change in the
+``python -m lightning_modules.inference.latency --out results/bench`` (part of ``make bench``)
+times one block of C = 8 frames (batch 1) through each model's exported spectral pipeline, with
+1 and 2 threads, all in one run: configurations are interleaved round by round, so a change in the
 machine's load hits all of them alike and the ratios within the run stay meaningful even when
 the absolute times are noisy. It also times ONNX Runtime with the block's STFT and iSTFT
 (``stream.BlockStream``), which is what a real-time loop pays per block.
@@ -31,16 +31,19 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from datamodules.conventions import N_FFT
 from datamodules.files import write_atomic
 from datamodules.provenance import load_average, markdown_line, provenance
-from lightning_modules.dsp import N_FFT
-from lightning_modules.export import (
+from lightning_modules.inference.export import (
     SpectralPipeline,
     check_export,
     export_onnx,
     export_torchscript,
     inference_pipeline,
 )
+from lightning_modules.inference.runtime import OnnxModel, TorchScriptModel, torch_threads
+from lightning_modules.inference.stats import count_macs
+from lightning_modules.inference.stream import BlockStream
 from lightning_modules.nets.pruning import (
     get_threshold,
     has_psp,
@@ -48,11 +51,9 @@ from lightning_modules.nets.pruning import (
     set_threshold,
     sparsity,
 )
-from lightning_modules.runtime import OnnxModel, TorchScriptModel, torch_threads
-from lightning_modules.separator import Separator
-from lightning_modules.spectrogram import SpectrogramSeparator
-from lightning_modules.stats import count_macs
-from lightning_modules.stream import BlockStream
+from lightning_modules.separators.checkpoint import load_separator
+from lightning_modules.separators.separator import Separator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 FRAMES = 8
 THREADS = (1, 2)
@@ -124,8 +125,6 @@ def pruned_candidate(final: SpectrogramSeparator, checkpoint: Path | None) -> Ca
     """The final model with PSP: a trained PSP run's checkpoint when given, else the final
     model's structure pruned at random to the thesis's MAC reduction."""
     if checkpoint is not None:
-        from lightning_modules.separate import load_separator
-
         separator = load_separator(checkpoint)
         if not has_psp(separator.net):
             raise ValueError(f"{checkpoint} has no PSP structure parameters")

@@ -1,7 +1,7 @@
 """Export a trained separator's spectral pipeline as one graph (TorchScript or ONNX).
 
-``python -m lightning_modules.export --checkpoint best.ckpt --format onnx [--out model.onnx]``
-(or ``make export CKPT=... FORMAT=onnx|torchscript [OUT=...]``).
+``python -m lightning_modules.inference.export --checkpoint best.ckpt --format onnx
+[--out model.onnx]`` (or ``make export CKPT=... FORMAT=onnx|torchscript [OUT=...]``).
 
 The exported graph maps one block of mixture magnitude frames (batch 1) to the vocal (or the
 model's target's) magnitude estimate, ``(1, 1024, frames) -> (1, 1024, frames)``, and holds
@@ -26,55 +26,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from datamodules.conventions import N_FFT
 from datamodules.files import atomic_path
-from lightning_modules.dsp import HOP, N_FFT
+from lightning_modules.inference.graph import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportInfo
+from lightning_modules.inference.runtime import load_exported
 from lightning_modules.nets.fold import fold_batchnorm
 from lightning_modules.nets.pruning import has_psp, remove_pruned_channels
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.checkpoint import load_separator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
-METADATA_KEY = "mss_export"  # ONNX metadata_props key / TorchScript extra file name
-INPUT_NAME, OUTPUT_NAME = "mixture_magnitude", "target_magnitude"
 #: An export whose output differs more than this from the PyTorch model is refused.
 TOLERANCE = 1e-4
-
-
-@dataclass
-class ExportInfo:
-    """What a runtime needs to use an exported graph, stored inside the exported file."""
-
-    rate: int
-    frames: int
-    target: str  # "vocals", or "accompaniment" (vocals = mixture - estimate)
-    n_fft: int = N_FFT
-    hop: int = HOP
-    bins: int = N_FFT // 2
-    parameters: int = 0
-    folded_batchnorms: list[str] = field(default_factory=list)
-    pruned: bool = False
-    source: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str, where: str) -> ExportInfo:
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: unreadable export metadata: {error}") from error
 
 
 class SpectralPipeline(nn.Module):
@@ -213,8 +186,6 @@ def check_export(
     """Largest |exported - PyTorch| on a random block; raises ValueError beyond ``TOLERANCE``
     relative to the output's scale (``name``: the file the message names, when ``path`` is
     a temporary one)."""
-    from lightning_modules.runtime import load_exported
-
     magnitude = torch.rand(1, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
     was_training = separator.training
     separator.eval()
@@ -241,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         "--frames", type=int, help="frames per block (default: the model's test context)"
     )
     args = parser.parse_args(argv)
-    from lightning_modules.separate import load_separator
-
     out = Path(args.out or Path(args.checkpoint).with_suffix(SUFFIXES[args.format]))
     start = time.perf_counter()
     try:

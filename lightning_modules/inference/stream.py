@@ -13,9 +13,9 @@ plus the time to compute one block); ``received - emitted`` never exceeds that. 
 starts with ``n_fft / 2`` zeros (what the offline ``stft(center=True)`` pads) and ends with
 the offline path's zero padding, so streaming a file equals the offline separation.
 
-``python -m lightning_modules.stream --model model.onnx --input song.wav --out DIR`` writes the
-two stems; ``--raw f32le|s16le`` reads mono PCM at the model's rate from stdin and writes
-interleaved (vocals, accompaniment) PCM to stdout as it is produced.
+``python -m lightning_modules.inference.stream --model model.onnx --input song.wav --out DIR``
+writes the two stems; ``--raw f32le|s16le`` reads mono PCM at the model's rate from stdin and
+writes interleaved (vocals, accompaniment) PCM to stdout as it is produced.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lightning_modules.export import ExportInfo
+from lightning_modules.inference.graph import ExportInfo
+from lightning_modules.inference.runtime import load_exported
 
 RAW_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
 
@@ -156,8 +157,7 @@ def separate_file(model_path: str | Path, input_path: str | Path, out_dir: str |
     import soundfile as sf
 
     from datamodules.cache import RESAMPLER
-    from lightning_modules.runtime import load_exported
-    from lightning_modules.separate import read_audio
+    from lightning_modules.inference.audio import read_audio
 
     model = load_exported(model_path)
     info = model.info
@@ -205,8 +205,6 @@ def raw_chunks(source: BinaryIO, dtype: np.dtype, samples: int) -> Iterator[np.n
 
 def stream_raw(model_path: str | Path, fmt: str, source: BinaryIO, sink: BinaryIO) -> int:
     """Live mode: PCM in, interleaved (vocals, accompaniment) PCM out, block by block."""
-    from lightning_modules.runtime import load_exported
-
     model = load_exported(model_path)
     stream = BlockStream(model, model.info)
     dtype = RAW_FORMATS[fmt]

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp import HOP, stft
-from lightning_modules.figures import embedding_pca_figure
-from lightning_modules.losses import (
+from datamodules.conventions import HOP
+from lightning_modules.dsp.spectral import stft
+from lightning_modules.evaluation.figures import embedding_pca_figure
+from lightning_modules.separators.losses import (
     attractor_masks,
     attractors,
     chimera_loss,
@@ -30,7 +31,7 @@ from lightning_modules.losses import (
     flatten_embeddings,
     magnitude_weights,
 )
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 CLUSTERINGS = ("deep_clustering", "attractor")
 ATTRACTOR_WEIGHTINGS = ("none", "magnitude")

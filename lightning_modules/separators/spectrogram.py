@@ -16,23 +16,20 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
-from datamodules.sampler import targets_from_sources
-from lightning_modules.dsp import (
-    N_FFT,
+from datamodules.conventions import N_FFT, targets_from_sources
+from lightning_modules.dsp.frontend import MelFrontEnd
+from lightning_modules.dsp.spectral import (
     istft,
     stft,
     truncated_phase_sensitive_mask,
     wiener_like_mask,
 )
-from lightning_modules.frontend import MelFrontEnd
 from lightning_modules.nets.pruning import add_psp, structure_parameters
-from lightning_modules.psp import PSPConfig, ThresholdSchedule
-from lightning_modules.separator import Separator, split_decay_groups
-
-# The network is injected as an nn.Module; LightningCLI stores its config in the checkpoint
-# (that is how checkpoints are reloaded), so Lightning's advice to ignore it does not apply.
-warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+from lightning_modules.separators.psp import PSPConfig, ThresholdSchedule
+from lightning_modules.separators.separator import Separator, split_decay_groups
 
 
 def in_blocks(
@@ -61,6 +58,37 @@ def framewise_snr(
     signal = reference.pow(2).sum(-1)
     error = (reference - estimate).pow(2).sum(-1)
     return 10 * torch.log10((signal + eps) / (error + eps))
+
+
+class ChunkMedian(Metric):
+    """Median of one value per validation chunk over the whole validation set (``val/sdr``),
+    the same on every rank: the values of all ranks are gathered; a chunk that the distributed
+    sampler repeated to give every rank as many chunks counts once (by its ``index`` in the
+    validation set; values given without one all count); NaN values (chunks with silent
+    vocals) are left out, and the median averages the two middle values, as numpy and museval
+    do (``torch.nanmedian`` would return the lower one). NaN when there is no value."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+
+    def update(self, values: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        values = values.detach().flatten()
+        if indices is None:
+            indices = torch.full(values.shape, -1, device=values.device)
+        self.values.append(values)
+        self.indices.append(indices.flatten().to(device=values.device, dtype=torch.long))
+
+    def compute(self) -> torch.Tensor:
+        values, indices = dim_zero_cat(self.values), dim_zero_cat(self.indices).long()
+        order = indices.argsort(stable=True)
+        values, indices = values[order], indices[order]
+        repeated = torch.zeros_like(indices, dtype=torch.bool)
+        repeated[1:] = (indices[1:] == indices[:-1]) & (indices[1:] >= 0)
+        return values[~repeated].nanquantile(0.5)
 
 
 #: What the network's output is trained to be (thesis 3.3.3 and 4.2):
@@ -159,7 +187,12 @@ class SpectrogramSeparator(Separator):
         super().__init__(
             rate, context_frames, eval_workers, init_from, test_context_frames, test_only
         )
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # The network is injected as an nn.Module; LightningCLI stores its config in the
+            # checkpoint (that is how checkpoints are reloaded), so Lightning's advice to
+            # ignore it does not apply.
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of")
+            self.save_hyperparameters()
         if objective not in OBJECTIVES or mask not in MASKS:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES} and mask one of {MASKS}, "
@@ -303,29 +336,30 @@ class SpectrogramSeparator(Separator):
         loss = self._checked(self.training_loss(batch), "validation", batch_idx)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         if self.target_index == 0:
+            # A second forward pass, on purpose: val/sdr separates the chunk as the test does
+            # (centred STFT, blocks of the test context, iSTFT), which the loss's pass over
+            # the chunk's own frames cannot give back; deriving it from that pass would
+            # change every val/sdr (pinned in tests/results_fingerprints.json).
             estimate = torch.stack([self.separate_vocals(m) for m in batch["mixture"]])
             reference = batch["targets"][:, 0]
             snr = framewise_snr(reference, estimate)
             # As museval does for its frames: a chunk with silent vocals has no SDR (NaN).
             silent = reference.abs().amax(dim=-1) == 0
-            self._val_sdr.append(torch.where(silent, torch.nan, snr))
+            self._val_sdr.update(torch.where(silent, torch.nan, snr), batch.get("index"))
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sdr: list[torch.Tensor] = []
+        # Not a child module (set through __dict__): the model's module tree, its state_dict
+        # and what export traces stay the network's.
+        self.__dict__["_val_sdr"] = ChunkMedian().to(self.device)
 
     def on_validation_epoch_end(self) -> None:
         """``val/sdr``: median over validation chunks, as museval's per-track median."""
-        if self.target_index != 0:
+        if self.target_index != 0 or self._val_sdr.update_count == 0:
             return
-        if not self._val_sdr:
-            return
-        values = torch.cat(self._val_sdr)
-        if self.trainer.world_size > 1:  # the distributed sampler gives every rank equal counts
-            values = self.all_gather(values).flatten()
-        if not values.isnan().all():
-            # nanquantile averages the two middle values, as numpy (and museval) do;
-            # torch.nanmedian would return the lower one.
-            self.log("val/sdr", values.nanquantile(0.5), prog_bar=True, rank_zero_only=True)
+        median = self._val_sdr.compute()  # gathered from every rank: the same value on each
+        if not median.isnan():
+            # Equal on every rank already: "max" keeps it exact where a mean could round.
+            self.log("val/sdr", median, prog_bar=True, sync_dist=True, reduce_fx="max")
 
     def _separate(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Full-track estimate of the target: (raw output (F, frames), mixture STFT, waveform)."""

@@ -33,6 +33,7 @@ from typing import Any
 
 # First: importing datamodules puts ffmpeg on PATH, which museval -> musdb -> stempeg need.
 from datamodules.files import write_json_atomic
+from lightning_modules.evaluation.worker import start_worker
 
 # isort: split
 import museval
@@ -497,37 +498,6 @@ def _check_file_stem(track_name: str) -> None:
         raise ValueError(f"track name {track_name!r} cannot be used as a file name")
 
 
-# Run first in every worker process, as ``exec(_WORKER_BOOTSTRAP, {...})`` (builtins pickle by
-# reference, so this needs no import of ours). It
-# * caps OpenBLAS (numpy/scipy) threads: n_workers processes x all-core BLAS pools oversubscribe
-#   the CPU (10x slower museval measured on a loaded 2-core box); torch's pools are left alone;
-# * registers this package as a bare namespace so unpickling ``_evaluate_and_write`` imports only
-#   this module, not the package ``__init__`` (lightning + torch: seconds of start-up and hundreds
-#   of MB per worker). No-op when the package is already imported (e.g. by ``__main__``).
-_PACKAGE = __name__.rpartition(".")[0]
-_WORKER_BOOTSTRAP = """
-import importlib, os, sys, types
-if BLAS_THREADS is not None:
-    os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
-if PACKAGE and PACKAGE not in sys.modules:
-    package = types.ModuleType(PACKAGE)
-    package.__path__ = [PACKAGE_DIR]
-    sys.modules[PACKAGE] = package
-importlib.import_module(MODULE)._limit_blas_threads(BLAS_THREADS)
-"""
-
-
-def _limit_blas_threads(n_threads: int | None) -> None:
-    """Cap OpenBLAS threads of numpy/scipy already loaded in this worker (needs threadpoolctl)."""
-    if n_threads is None:
-        return
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # the OPENBLAS_NUM_THREADS set before importing numpy still applies
-        return
-    ThreadpoolController().select(internal_api="openblas").limit(limits=n_threads)
-
-
 def _evaluate_and_write(
     track_name: str,
     references: np.ndarray,
@@ -552,8 +522,9 @@ class ParallelEvaluator:
     debugging) with identical results and error handling. Arrays are sent to workers as
     ``transfer_dtype`` (float32 halves the pickling cost); at most ``max_pending`` tracks
     (default ``2 * n_workers``) are in flight, ``submit`` blocks beyond that to bound memory.
-    Each worker caps numpy/scipy's OpenBLAS at ``blas_threads`` threads (None: library default)
-    and imports only this module, not the package ``__init__`` (no torch in the workers).
+    Each worker caps numpy/scipy's OpenBLAS at ``blas_threads`` threads (None: library default;
+    ``worker.start_worker``) and imports only this module and what it needs, never torch or
+    Lightning (the package ``__init__``s above it are empty for that reason).
 
     Usage::
 
@@ -597,17 +568,11 @@ class ParallelEvaluator:
         }
         self._executor: ProcessPoolExecutor | None = None
         if self.n_workers > 0:
-            bootstrap_globals = {
-                "PACKAGE": _PACKAGE,
-                "PACKAGE_DIR": str(Path(__file__).resolve().parent),
-                "MODULE": __name__,
-                "BLAS_THREADS": blas_threads,
-            }
             self._executor = ProcessPoolExecutor(
                 max_workers=self.n_workers,
                 mp_context=multiprocessing.get_context(mp_context),
-                initializer=exec,
-                initargs=(_WORKER_BOOTSTRAP, bootstrap_globals),
+                initializer=start_worker,
+                initargs=(blas_threads,),
             )
         self._futures: list[tuple[str, Future]] = []
         self._names: set[str] = set()

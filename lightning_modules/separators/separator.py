@@ -18,8 +18,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from datamodules.sampler import targets_from_sources
-from lightning_modules.evaluation import ParallelEvaluator, aggregate
+from datamodules.conventions import targets_from_sources
+from lightning_modules.evaluation.bss import ParallelEvaluator, aggregate
 
 
 class Separator(L.LightningModule):

@@ -3,7 +3,8 @@
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 and taken as
 FLOPs / 2 (the counter reports 2 FLOPs per multiply-accumulate of convolutions and matmuls;
 element-wise ops such as BatchNorm and ReLU are not counted, as in the thesis's MAC figures).
-Usage: ``python -m lightning_modules.stats --config EXP.yaml --frames N`` prints one JSON line.
+Usage: ``python -m lightning_modules.inference.stats --config EXP.yaml --frames N`` prints one
+JSON line.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from jsonargparse import ArgumentParser
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_modules.dsp import N_FFT
+from datamodules.conventions import N_FFT
 from lightning_modules.nets.pruning import has_psp, remove_pruned_channels, sparsity
-from lightning_modules.separate import load_separator
+from lightning_modules.separators.checkpoint import load_separator
 
 
 def count_parameters(module: nn.Module) -> int:

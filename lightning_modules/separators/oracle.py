@@ -13,9 +13,8 @@ from typing import ClassVar
 
 import torch
 
-from datamodules.sampler import targets_from_sources
-from lightning_modules.dsp import (
-    HOP,
+from datamodules.conventions import HOP, targets_from_sources
+from lightning_modules.dsp.spectral import (
     apply_mask,
     istft,
     linear_to_mel,
@@ -24,8 +23,8 @@ from lightning_modules.dsp import (
     stft,
     wiener_like_mask,
 )
-from lightning_modules.figures import oracle_masks_figure
-from lightning_modules.separator import Separator
+from lightning_modules.evaluation.figures import oracle_masks_figure
+from lightning_modules.separators.separator import Separator
 
 FIGURE_SECONDS = 10.0  # thesis Fig. 5.3: a 10-second extract
 

@@ -1,16 +1,15 @@
 """Split a song into vocals and accompaniment with a trained checkpoint or an exported model.
 
-``python -m lightning_modules.separate --input song.wav --checkpoint best.ckpt --out DIR`` (or
-``make separate IN=... CKPT=... OUT=...``) writes ``DIR/<song>_vocals.wav`` and
+``python -m lightning_modules.inference.separate --input song.wav --checkpoint best.ckpt
+--out DIR`` (or ``make separate IN=... CKPT=... OUT=...``) writes ``DIR/<song>_vocals.wav`` and
 ``DIR/<song>_accompaniment.wav`` at the input's sample rate (mono, as the models are).
 ``--model model.onnx`` (``make separate IN=... MODEL=...``) instead streams the song through an
-exported model (``make export``) in blocks, as ``lightning_modules.stream`` does.
+exported model (``make export``) in blocks, as ``lightning_modules.inference.stream`` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -20,44 +19,10 @@ import soundfile as sf
 import torch
 
 from datamodules.cache import RESAMPLER
-from lightning_modules.separator import Separator
-
-
-def load_separator(checkpoint: str | Path, map_location: str = "cpu") -> Separator:
-    """Rebuild the exact LightningModule (and its network) a checkpoint was trained with.
-
-    LightningCLI stores the module's class path and the network's config in the checkpoint;
-    loading through the concrete class lets Lightning's instantiator rebuild both.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    class_path = hparams.get("_class_path")
-    if class_path is None:
-        raise ValueError(f"{path} was not written by the suite's LightningCLI (no _class_path)")
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Separator)):
-        raise ValueError(f"{path}: {class_path} is not a separation model")
-    model = cls.load_from_checkpoint(path, map_location=map_location)
-    return model.eval()
-
-
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono float32 audio and its sample rate; a clear error for anything unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input {path} does not exist")
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as error:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise ValueError(f"cannot read {path} as audio: {error}") from error
-    if audio.shape[0] == 0:
-        raise ValueError(f"{path} holds no samples")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path} contains NaN or inf samples")
-    return audio.mean(axis=1), int(rate)
+from lightning_modules.inference.audio import read_audio
+from lightning_modules.inference.stream import separate_file as stream_file
+from lightning_modules.separators.checkpoint import load_separator
+from lightning_modules.separators.separator import Separator
 
 
 @torch.no_grad()
@@ -92,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.model is not None:
-            from lightning_modules.stream import separate_file as stream_file
-
             written = stream_file(args.model, args.input, args.out)
         else:
             written = separate_file(load_separator(args.checkpoint), args.input, args.out)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_modules.dsp import linear_to_mel, mel_filterbank, mel_to_linear_mask
+from lightning_modules.dsp.spectral import linear_to_mel, mel_filterbank, mel_to_linear_mask
 
 
 class MelFrontEnd(nn.Module):

@@ -10,7 +10,7 @@ Layout conventions shared by every function (all plain torch, batch-first, any d
   (per-bin weights) is ``(B, TF)``, attractors ``A`` are ``(B, K, N)``.
 
 The chimera *main* head (spectrogram or mask inference, e.g. against
-:func:`lightning_modules.dsp.wiener_like_mask` targets) is ordinary regression; only its
+:func:`lightning_modules.dsp.spectral.wiener_like_mask` targets) is ordinary regression; only its
 combination with the clustering term lives here (:func:`chimera_loss`).
 """
 

@@ -1,4 +1,5 @@
-"""Run an exported spectral pipeline (``export.py``): ONNX Runtime or TorchScript.
+"""Run an exported spectral pipeline (``export.py``; names and metadata in ``graph.py``): ONNX
+Runtime or TorchScript.
 
 ``load_exported(path, threads)`` returns a callable ``(B, bins, frames) float32 array ->
 (B, bins, frames) array`` with the export's metadata in ``.info``. Threads are set per model:
@@ -15,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightning_modules.export import INPUT_NAME, METADATA_KEY, ExportInfo
+from lightning_modules.inference.graph import INPUT_NAME, METADATA_KEY, ExportInfo
 
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op threads for a block of code, restored afterwards: the setting is
-    process-wide and also changes batched linalg elsewhere (evaluation.py's note)."""
+    process-wide and also changes batched linalg elsewhere (evaluation/bss.py's note)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -47,7 +48,9 @@ class OnnxModel:
             raise ValueError(f"cannot load {path} as an ONNX model: {error}") from error
         metadata = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if metadata is None:
-            raise ValueError(f"{path} was not written by lightning_modules.export (no metadata)")
+            raise ValueError(
+                f"{path} was not written by lightning_modules.inference.export (no metadata)"
+            )
         self.info = ExportInfo.from_json(metadata, str(path))
         self.threads = threads
 
@@ -64,7 +67,9 @@ class TorchScriptModel:
         except Exception as error:  # torch raises RuntimeError/ValueError for foreign files
             raise ValueError(f"cannot load {path} as a TorchScript model: {error}") from error
         if not files[METADATA_KEY]:
-            raise ValueError(f"{path} was not written by lightning_modules.export (no metadata)")
+            raise ValueError(
+                f"{path} was not written by lightning_modules.inference.export (no metadata)"
+            )
         self.info = ExportInfo.from_json(files[METADATA_KEY], str(path))
         self.threads = threads
 

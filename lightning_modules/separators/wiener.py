@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lightning_modules.dsp import wiener_like_mask
-from lightning_modules.separate import load_separator
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.dsp.spectral import wiener_like_mask
+from lightning_modules.separators.checkpoint import load_separator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 
 class WienerCombination(SpectrogramSeparator):

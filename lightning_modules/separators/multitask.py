@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp import stft, wiener_like_mask
-from lightning_modules.spectrogram import SpectrogramSeparator
+from lightning_modules.dsp.spectral import stft, wiener_like_mask
+from lightning_modules.separators.spectrogram import SpectrogramSeparator
 
 
 class MultiTaskSeparator(SpectrogramSeparator):

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# The framing is shared with the data (chunk lengths): one definition, on the lowest floor.
+from datamodules.conventions import HOP, N_FFT, chunk_samples
+
 __all__ = [
     "N_FFT",
     "HOP",
@@ -39,28 +42,10 @@ __all__ = [
     "mel_to_linear_mask",
 ]
 
-N_FFT: int = 2048
-"""STFT frame (and window) length in samples (thesis Section 3.3.2)."""
-
-HOP: int = 512
-"""STFT hop size in samples (thesis Section 3.3.2)."""
-
 
 # --------------------------------------------------------------------------------------------
 # STFT
 # --------------------------------------------------------------------------------------------
-
-
-def chunk_samples(frames: int, n_fft: int = N_FFT, hop: int = HOP) -> int:
-    """Samples whose non-centred STFT has exactly ``frames`` frames: ``n_fft + (frames-1)*hop``.
-
-    Training chunks are cut to this length so that ``stft(chunk, center=False)`` yields the
-    thesis' context sizes without padding (64 frames -> 34,304 samples = 1.072 s at 32 kHz;
-    8 frames -> 5,632 samples = 176 ms).
-    """
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    return n_fft + (frames - 1) * hop
 
 
 def _window(n_fft: int, like: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -147,6 +148,11 @@ def work(sweep: Sweep, progress: Progress | None = None) -> int:
             if plan is None:
                 raise KeyError(f"row {label!r} is not in table {sweep.spec.id} any more")
             result = run_row(plan, sweep.by_label, sweep.profile, wait=True)
+        except SIGTERMException:
+            # The scheduler stops the job (scancel, preemption, time limit): the trial stays
+            # running, its heartbeat goes stale and Optuna's retry callback queues it again;
+            # the retry resumes from the run's last checkpoint.
+            raise
         except (KeyboardInterrupt, SystemExit) as error:
             # Ctrl-C (Lightning turns it into SystemExit inside fit/test): Optuna fails the
             # trial at once, so the next run starts without waiting for the heartbeat grace

@@ -320,6 +320,26 @@ def test_ctrl_c_fails_the_interrupted_trial_at_once(tmp_path, monkeypatch) -> No
     assert "interrupted" in trial.user_attrs["error"]
 
 
+def test_a_job_stopped_by_its_scheduler_leaves_its_trial_to_the_retry(tmp_path, monkeypatch):
+    """SIGTERM (scancel, preemption, time limit) is not Ctrl-C: Lightning raises
+    SIGTERMException; the trial stays running, so its stale heartbeat queues a retry."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import sweeps.study as study_module
+
+    sweep = study_module.open_sweep(load_table("4.3"), "ci", tmp_path)
+    study_module.enqueue_missing(sweep)
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException
+
+    monkeypatch.setattr(study_module, "execute", stopped)
+    with pytest.raises(SIGTERMException):
+        study_module.work(sweep)
+    (trial,) = sweep.study.get_trials()
+    assert trial.state == TrialState.RUNNING and "error" not in trial.user_attrs
+
+
 @pytest.mark.slow
 def test_ctrl_c_inside_lightning_fails_the_trial_too(tmp_path, monkeypatch) -> None:
     """Lightning catches KeyboardInterrupt in fit and exits (SystemExit): still failed."""

@@ -50,10 +50,14 @@ def test_two_local_workers_share_one_postgresql_study(tmp_path, postgres_db_url,
     assert not study.get_trials(states=(TrialState.FAIL, TrialState.WAITING))
 
     # Re-running finds every row finished: nothing queued, nothing run, nothing overwritten.
+    # (A worker that asked just after the other took the last row holds an empty pruned trial.)
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    trials = len(study.trials)
     assert sweeps_main([*args, "--executor", "local", "--workers", "2"]) == 0
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")} == stamps
-    assert len(optuna.load_study(study_name="table-4.2-ci", storage=postgres_db_url).trials) == 3
+    assert len(optuna.load_study(study_name="table-4.2-ci", storage=postgres_db_url).trials) == (
+        trials
+    )
 
 
 def test_a_table_runs_as_a_slurm_job_array(tmp_path, slurm_cluster, postgres_db_url, ci_env):

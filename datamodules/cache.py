@@ -2,8 +2,9 @@
 
 Decoding stem.mp4 files through ffmpeg and resampling is by far the slowest step of the data
 path (the thesis's training was bound by it), so every split is decoded once, downmixed to
-mono, resampled and written as ``<split>.npy`` (n_sources, samples) float32 next to
-``<split>.json`` (track names, offsets, lengths, rate). The index is written last and both are
+mono (or kept stereo: ``channels=2``), resampled and written as ``<split>.npy`` (n_sources,
+samples) float32, (n_sources, 2, samples) in stereo, next to ``<split>.json`` (track names,
+offsets, lengths, rate, channels). The index is written last and both are
 moved into place atomically, so a killed run never leaves a cache that looks complete.
 """
 
@@ -25,7 +26,7 @@ import stempeg
 from tqdm.auto import tqdm
 
 from datamodules.activity import most_active_window
-from datamodules.conventions import SOURCES  # the order the cache stores them in
+from datamodules.conventions import SOURCES, check_channels  # SOURCES: the stored order
 from datamodules.files import write_atomic
 
 #: Bumped whenever the cached content would change for the same arguments.
@@ -42,7 +43,8 @@ class StemError(RuntimeError):
 
 @dataclass(frozen=True)
 class SplitAudio:
-    """One decoded split: ``audio`` (n_sources, samples) holds the tracks back to back."""
+    """One decoded split: ``audio`` (n_sources, samples), or (n_sources, channels, samples) in
+    stereo, holds the tracks back to back."""
 
     audio: np.ndarray
     names: list[str]
@@ -51,10 +53,20 @@ class SplitAudio:
     rate: int
     sources: tuple[str, ...] = SOURCES
 
+    @property
+    def channels(self) -> int:
+        return 1 if self.audio.ndim == 2 else int(self.audio.shape[1])
+
     def track(self, index: int) -> np.ndarray:
-        """(n_sources, samples) of one track."""
+        """(n_sources, samples) of one track, (n_sources, channels, samples) in stereo."""
         start = int(self.offsets[index])
-        return self.audio[:, start : start + int(self.lengths[index])]
+        return self.audio[..., start : start + int(self.lengths[index])]
+
+    def sources_of(self, index: int) -> np.ndarray:
+        """(n_sources, channels, samples) of one track, mono included (channels = 1): the
+        shape every batch has."""
+        track = self.track(index)
+        return track[:, None, :] if track.ndim == 2 else track
 
     @property
     def seconds(self) -> float:
@@ -95,9 +107,10 @@ def _expected_path(track, source: str) -> str:
     )
 
 
-def decode_track(track, rate: int) -> np.ndarray:
-    """Read the four sources of a musdb track through musdb/stempeg, downmix to mono and
-    resample to ``rate``. Returns (4, samples) float32. Raises StemError naming the file.
+def decode_track(track, rate: int, channels: int = 1) -> np.ndarray:
+    """Read the four sources of a musdb track through musdb/stempeg, downmix to mono (or keep
+    both channels: ``channels=2``) and resample to ``rate``. Returns (4, samples) float32, or
+    (4, 2, samples) in stereo. Raises StemError naming the file.
 
     musdb decodes every source at the rate of the track's mixture, so a source file at
     another rate would silently come out time-stretched: such files are refused up front.
@@ -125,7 +138,7 @@ def decode_track(track, rate: int) -> np.ndarray:
             f"track '{track.name}': {listed}, but its mixture {track.path} is at {mixture_rate} "
             "Hz; all stems of a track must share one sample rate"
         )
-    mono = []
+    decoded = []
     for source in SOURCES:
         try:
             audio = np.asarray(track.sources[source].audio, dtype=np.float32)
@@ -140,11 +153,19 @@ def decode_track(track, rate: int) -> np.ndarray:
                 f"track '{track.name}': {_expected_path(track, source)} holds no audio "
                 "(ffmpeg decoded nothing)"
             )
-        mono.append(audio.mean(axis=1))
-    lengths = {len(m) for m in mono}
+        if channels == 1:
+            decoded.append(audio.mean(axis=1))
+        elif audio.shape[1] != channels:
+            raise StemError(
+                f"track '{track.name}': {_expected_path(track, source)} has "
+                f"{audio.shape[1]} channel(s); data.channels: {channels} needs stereo stems"
+            )
+        else:
+            decoded.append(np.ascontiguousarray(audio.T))  # (channels, samples)
+    lengths = {m.shape[-1] for m in decoded}
     if len(lengths) > 1:
         raise StemError(f"track '{track.name}': stems have different lengths {sorted(lengths)}")
-    stacked = np.stack(mono)
+    stacked = np.stack(decoded)
     if mixture_rate != rate:
         stacked = librosa.resample(
             stacked, orig_sr=mixture_rate, target_sr=rate, res_type=RESAMPLER, axis=-1
@@ -158,7 +179,7 @@ def cache_key(description: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_split(directory: Path, split: str, rate: int) -> SplitAudio | None:
+def load_split(directory: Path, split: str, rate: int, channels: int = 1) -> SplitAudio | None:
     """The cached split, memory-mapped, or None when it was never completed."""
     index_path = directory / f"{split}.json"
     if not index_path.exists():
@@ -169,9 +190,14 @@ def load_split(directory: Path, split: str, rate: int) -> SplitAudio | None:
             f"cache {index_path} holds audio at {index['rate']} Hz, expected {rate} Hz; "
             "delete that folder to rebuild it"
         )
+    if index.get("channels", 1) != channels:  # a mono cache never serves a stereo row
+        raise StemError(
+            f"cache {index_path} holds {index.get('channels', 1)} channel(s), expected "
+            f"{channels}; delete that folder to rebuild it"
+        )
     audio = np.load(directory / f"{split}.npy", mmap_mode="r")
     lengths = np.array([t["length"] for t in index["tracks"]], dtype=np.int64)
-    if audio.shape != (len(SOURCES), int(lengths.sum())):
+    if audio.shape != _shape(channels, int(lengths.sum())):
         raise StemError(f"cache {directory / split}.npy does not match its index; delete it")
     return SplitAudio(
         audio=audio,
@@ -182,17 +208,25 @@ def load_split(directory: Path, split: str, rate: int) -> SplitAudio | None:
     )
 
 
+def _shape(channels: int, samples: int) -> tuple[int, ...]:
+    """The cached array's shape: mono keeps the thesis's (4, samples)."""
+    return (len(SOURCES), samples) if channels == 1 else (len(SOURCES), channels, samples)
+
+
 def build_split(
     directory: Path,
     split: str,
     tracks: Sequence,
     rate: int,
     excerpt_seconds: float | None = None,
-    decode: Callable[[object, int], np.ndarray] = decode_track,
+    decode: Callable[..., np.ndarray] = decode_track,
+    channels: int = 1,
 ) -> SplitAudio:
     """Decode ``tracks`` (musdb tracks) into ``directory/<split>.npy`` + ``.json`` and return the
-    memory-mapped result. With ``excerpt_seconds`` each track is cut to its most active stretch.
-    Peak memory is one track: tracks go to a scratch folder first, then into one array."""
+    memory-mapped result. With ``excerpt_seconds`` each track is cut to its most active stretch
+    (of the channels' mean, so mono and stereo rows train on the same excerpts). Peak memory is
+    one track: tracks go to a scratch folder first, then into one array."""
+    check_channels(channels)
     if not tracks:
         raise StemError(f"split '{split}' has no tracks")
     directory.mkdir(parents=True, exist_ok=True)
@@ -200,26 +234,30 @@ def build_split(
     try:
         entries, offset = [], 0
         for i, track in enumerate(tqdm(tracks, desc=f"decoding {split}", unit="track")):
-            audio = decode(track, rate)
-            start, length = most_active_window(audio, rate, excerpt_seconds)
-            np.save(scratch / f"{i}.npy", audio[:, start : start + length])
+            # mono keeps the thesis's two-argument call (tests pass their own decoders)
+            audio = decode(track, rate) if channels == 1 else decode(track, rate, channels)
+            activity = audio if channels == 1 else audio.mean(axis=1)
+            start, length = most_active_window(activity, rate, excerpt_seconds)
+            np.save(scratch / f"{i}.npy", audio[..., start : start + length])
             entries.append({"name": track.name, "offset": offset, "length": length, "start": start})
             offset += length
         array = np.lib.format.open_memmap(
-            scratch / "all.npy", mode="w+", dtype=np.float32, shape=(len(SOURCES), offset)
+            scratch / "all.npy", mode="w+", dtype=np.float32, shape=_shape(channels, offset)
         )
         for i, entry in enumerate(entries):
-            array[:, entry["offset"] : entry["offset"] + entry["length"]] = np.load(
+            array[..., entry["offset"] : entry["offset"] + entry["length"]] = np.load(
                 scratch / f"{i}.npy"
             )
         array.flush()
         del array
         os.replace(scratch / "all.npy", directory / f"{split}.npy")
         index = {"rate": rate, "sources": list(SOURCES), "tracks": entries}
+        if channels != 1:  # mono indexes stay as they were
+            index["channels"] = channels
         # the index last: until it exists, the split counts as never built
         write_atomic(directory / f"{split}.json", json.dumps(index, indent=1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    loaded = load_split(directory, split, rate)
+    loaded = load_split(directory, split, rate, channels)
     assert loaded is not None
     return loaded

@@ -1,7 +1,8 @@
 """LightningCLI of the suite: ``python -m lightning_modules fit --config experiments/...yaml``.
 
-The DataModule owns the sample rate and the context size; they are linked into the model so
-that one value in the YAML drives both.
+The DataModule owns the sample rate, the context size, the STFT, the channels and the target
+set; they are linked into the model so that one value in the YAML drives both. Linked values
+are not part of a resolved config (they are the data's), so they never enter a run's hash twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class SuiteCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.rate", "model.init_args.rate")
         parser.link_arguments("data.context_frames", "model.init_args.context_frames")
+        parser.link_arguments("data.stft", "model.init_args.stft")
+        parser.link_arguments("data.channels", "model.init_args.channels")
+        parser.link_arguments("data.targets", "model.init_args.targets")
 
 
 class _ParseOnlyCLI(SuiteCLI):

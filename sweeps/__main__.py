@@ -20,7 +20,14 @@ from sweeps.hpo import available_spaces
 from sweeps.hpo import summary as search_summary
 from sweeps.plan import plan_table
 from sweeps.render import render, results_dir
-from sweeps.specs import REPO, SpecError, available_tables, default_profile, load_table
+from sweeps.specs import (
+    REPO,
+    SpecError,
+    available_tables,
+    canonical_profile,
+    default_profile,
+    load_table,
+)
 from sweeps.storage import Heartbeat, dashboard_command, ignore_experimental_warnings
 from sweeps.study import RowsFailed, failures, study_name
 from sweeps.tracking import LOGGERS, logging_to
@@ -58,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("table_id", help=f"one of: {', '.join(available_tables())}")
         sub.add_argument(
-            "--profile", default=None, help="smoke or thesis (default: thesis if MUSDB_ROOT is set)"
+            "--profile",
+            default=None,
+            help="smoke, full (alias thesis) or ci (default: full if MUSDB_ROOT is set)",
         )
         sub.add_argument(
             "--runs-dir", type=Path, default=REPO / "runs", help="where run folders live"
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # replaced, not a child: a signal to this process (a terminal, a test) stops the server
         os.execv(command[0], command)
-    profile = args.profile or default_profile()
+    profile = canonical_profile(args.profile or default_profile())
     failed = None
     try:
         if args.command == "hpo":

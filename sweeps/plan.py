@@ -16,7 +16,16 @@ from typing import Any
 from datamodules.musdb_datamodule import check_musdb_root
 from sweeps.identity import RUN_REFERENCE, row_key
 from sweeps.runs import resolve, run_dir_for
-from sweeps.specs import Row, SpecError, TableSpec, compose, deep_merge, load_profile, load_table
+from sweeps.specs import (
+    Row,
+    SpecError,
+    TableSpec,
+    canonical_profile,
+    compose,
+    deep_merge,
+    load_profile,
+    load_table,
+)
 
 ROW_REFERENCE = "row:"
 
@@ -119,7 +128,9 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
             requires.append(label)
         stages: list[Stage] = []
         for stage in row.stages:
-            config = _substitute(compose(spec, row, overrides, stage), mapping)
+            config = compose(spec, row, overrides, stage)
+            config = deep_merge(config, spec.profile_overrides.get(canonical_profile(profile), {}))
+            config = _substitute(config, mapping)
             config = with_data_root(config)
             if stages:  # start from the previous stage's trained weights
                 config = deep_merge(

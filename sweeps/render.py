@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -30,7 +31,7 @@ from lightning_modules.inference.stats import network_stats, trained_network_sta
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
 from sweeps.runs import RESULT, checkpoint_path, load_result
-from sweeps.specs import REPO, SpecError, TableSpec
+from sweeps.specs import FULL, REPO, SpecError, TableSpec, canonical_profile, papers
 
 RESULTS = REPO / "results"
 PROVENANCE = ("commit", "data", "profile", "device", "date")
@@ -103,22 +104,23 @@ def run_scores(run_dir: Path, target: str = "vocals") -> dict[str, dict[str, flo
 
 
 def efficiency_columns(
-    resolved: dict[str, Any], frames: int, checkpoint: str | None = None
+    resolved: dict[str, Any], frames: int, checkpoint: str | None = None, macs: bool = True
 ) -> dict[str, float]:
     """Parameters and MACs of the row's network, as ``make stats`` counts them, and its
     Sparsity in percent. A pruned (PSP) row's numbers depend on its training: they are
-    counted on its trained network after ``remove_pruned_channels`` (``checkpoint``)."""
+    counted on its trained network after ``remove_pruned_channels`` (``checkpoint``).
+    ``macs=False``: no forward pass (a table without a MACs column)."""
     if resolved["model"]["init_args"].get("net") is None:
         return {}
     if resolved["model"]["init_args"].get("pruning") is None:
-        stats = network_stats(resolved, frames)
-        return {"Parameters": stats["params"], "MACs": stats["macs"], "Sparsity": 0.0}
+        stats = network_stats(resolved, frames, macs=macs)
+        return {"Parameters": stats["params"], "MACs": stats.get("macs"), "Sparsity": 0.0}
     if not checkpoint:
         raise ValueError("a pruned row is counted on its trained checkpoint; the run has none")
-    stats = trained_network_stats(checkpoint, frames)
+    stats = trained_network_stats(checkpoint, frames, macs=macs)
     return {
         "Parameters": stats["params"],
-        "MACs": stats["macs"],
+        "MACs": stats.get("macs"),
         "Sparsity": 100.0 * stats["sparsity"],
     }
 
@@ -143,27 +145,103 @@ def stale_run(plan: RowPlan, finished: dict[str, dict[str, Any]]) -> dict[str, A
     return found if found and found["run"] != plan.run_dir.name else None
 
 
+MEAN = "mean"  # ``mean/SDR``: the papers' "Average", the mean of the row's per-target medians
+SCORES = "scores.json"  # metrics a model writes that are not museval's (see run_records)
+
+
+def split_column(column: str) -> tuple[str | None, str]:
+    """``vocals/SDR`` -> ("vocals", "SDR"); ``SDR`` -> (None, "SDR"): the row's report target."""
+    target, _, metric = column.rpartition("/")
+    return target or None, metric
+
+
+def run_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``scores.json``, for metrics that are not museval medians (SDR
+    improvement, TOD-R, ...): ``{"records": [{"track", "target", "length" (s), <metric>: value,
+    ...}, ...]}``, one record per track or per segment, as the model's paper evaluates."""
+    path = run_dir / SCORES
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the run wrote no scores of its own")
+    return json.loads(path.read_text())["records"]
+
+
+def aggregate_records(
+    records: list[dict[str, Any]], target: str, metric: str, how: str
+) -> dict[str, float]:
+    """``value`` (and ``std`` for mean_std) of one target's metric over the records."""
+    rows = [r for r in records if r.get("target") == target and r.get(metric) is not None]
+    values = np.array([float(r[metric]) for r in rows])
+    if not values.size:
+        return {"value": math.nan}
+    if how == "median":
+        return {"value": float(np.median(values))}
+    if how == "length_weighted_mean":
+        weights = np.array([float(r["length"]) for r in rows])
+        return {"value": float(np.sum(weights * values) / np.sum(weights))}
+    std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+    return {"value": float(np.mean(values)), **({"std": std} if how == "mean_std" else {})}
+
+
 def measured_row(spec: TableSpec, plan: RowPlan) -> dict[str, Any] | None:
     """Our numbers for one row, or None when it has no current finished run (or cannot run
-    yet). ``status``: ``current``; rows without numbers are ``not run`` or ``stale``."""
+    yet). Columns: museval metrics of the row's report target (``SDR``) or of a named one
+    (``vocals/SDR``), their mean over the row's per-target columns (``mean/SDR``), metrics of
+    the run's own ``scores.json`` (aggregated as the table's ``aggregates`` says), ``Loss``,
+    and the efficiency columns."""
     if not plan.runnable or (result := load_result(plan.run_dir)) is None:
         return None
     resolved, run_dir = plan.resolved, plan.run_dir
     scores = run_scores(run_dir, plan.row.report)
+    by_target = {plan.row.report: scores}
     values: dict[str, Any] = {}
+    spread: dict[str, float] = {}  # std of mean_std columns
     for column in spec.columns:
-        if column in BSS_METRICS:
-            values[column] = scores[column]["median"]
-        elif column == "Loss":
+        target, metric = split_column(column)
+        if column in plan.row.unavailable_columns or target == MEAN:
+            continue
+        if column == "Loss":
             values[column] = result["test_metrics"].get("test/loss")
+        elif metric in BSS_METRICS:
+            target = target or plan.row.report
+            if target not in by_target:
+                by_target[target] = run_scores(run_dir, target)
+            values[column] = by_target[target][metric]["median"]
+        elif metric not in EFFICIENCY:
+            how = spec.aggregates.get(metric, "mean")
+            summary = aggregate_records(
+                run_records(run_dir), target or plan.row.report, metric, how
+            )
+            values[column] = summary["value"]
+            if "std" in summary:
+                spread[column] = summary["std"]
+    for column in spec.columns:  # the Average: over this table's per-target columns
+        target, metric = split_column(column)
+        if target == MEAN:
+            parts = [
+                values.get(c)
+                for c in spec.columns
+                if split_column(c)[0] not in (None, MEAN) and split_column(c)[1] == metric
+            ]
+            # Every target or none: a mean over the targets we happen to have is not the
+            # papers' Average (an unavailable target leaves it n/a).
+            complete = parts and all(v is not None for v in parts)
+            values[column] = float(np.mean(parts)) if complete else None
     if set(EFFICIENCY) & set(spec.columns):
         # The network runs at the test context (Table 5.2: MACs per context size).
         test_context = resolved["model"]["init_args"].get("test_context_frames")
         frames = spec.stats_frames or test_context or resolved["data"]["context_frames"]
         checkpoint = checkpoint_path(run_dir, result)
-        efficiency = efficiency_columns(resolved, frames, checkpoint and str(checkpoint))
+        efficiency = efficiency_columns(
+            resolved, frames, checkpoint and str(checkpoint), macs="MACs" in spec.columns
+        )
         values.update({k: v for k, v in efficiency.items() if k in spec.columns})
-    return {"values": values, "scores": scores, "result": result}
+    return {
+        "values": values,
+        "spread": spread,
+        "scores": scores,
+        "targets": by_target,
+        "result": result,
+    }
 
 
 def row_status(plan: RowPlan, m: dict | None, finished: dict[str, dict]) -> dict[str, Any]:
@@ -191,15 +269,34 @@ def excluded(m: dict | None, metric: str = "SDR") -> str:
     return f"{tracks}, {scores['n_frames_excluded']}/{scores['n_frames']} frames"
 
 
-# Marks of cells without a number. "?" is the thesis's own: a number its text garbles.
+# Marks of cells without a number. "?" is the paper's own: a number its text garbles.
 ILLEGIBLE = "?"
 NO_VALUE = "n/a"  # ours: the metric is undefined (e.g. every frame excluded by BSS Eval)
-LEGEND = (
-    "'?' under thesis: not legible in the thesis text (see notes). 'n/a' under ours: no value "
-    "(every frame of every track excluded by BSS Eval, or no test loss). 'not run': no "
-    "finished run. 'stale': only a run made by older code (another results version) exists; it "
-    "runs again with `make table-<id>`. '–': does not apply."
-)
+UNAVAILABLE = "unavailable"  # ours: this cell cannot be computed here (see the row's notes)
+
+
+def legend(paper: str) -> str:
+    return (
+        f"'?' under {paper}: not legible in the {paper} text (see notes). 'n/a' under ours: no "
+        "value (every frame of every track excluded by BSS Eval, or no test loss). "
+        f"'{UNAVAILABLE}': cannot be measured here (see notes). 'not run': no finished run. "
+        "'stale': only a run made by older code (another results version) exists; it runs "
+        "again with `make table-<id>`. '–': does not apply."
+    )
+
+
+def _whose_scores(spec: TableSpec) -> str:
+    if not any("/" in column for column in spec.columns):
+        return "the vocals (unless a note says otherwise)"
+    return (
+        "the target a column names (`<target>/<metric>`; `mean/<metric>`: the mean of the "
+        "targets' medians, the papers' Average), the vocals otherwise"
+    )
+
+
+def paper_label(spec: TableSpec) -> str:
+    """How headers and captions name the table's paper: "thesis", "Sams-Net", "paper"."""
+    return papers()[spec.paper]["short"]
 
 
 def results_dir(profile: str, root: Path = RESULTS) -> Path:
@@ -210,8 +307,8 @@ def results_dir(profile: str, root: Path = RESULTS) -> Path:
 def _fmt(column: str, value: Any, missing: str = NO_VALUE) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
-    if column == "Parameters":
-        return f"{value / 1e3:,.3f}K"
+    if column == "Parameters":  # the papers print millions ("3.70M"), the thesis thousands
+        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:,.3f}K"
     if column == "MACs":
         return f"{value / 1e9:.3f}G" if value >= 1e9 else f"{value / 1e6:.3f}M"
     if column == "Sparsity":
@@ -234,9 +331,20 @@ def _provenance_lines(measured: list[dict | None]) -> list[str]:
     return lines
 
 
+def _overrides_line(spec: TableSpec, measured: list[dict | None]) -> list[str]:
+    """The table's own profile overrides, for the profiles its rows ran with."""
+    profiles = sorted({m["result"]["provenance"]["profile"] for m in measured if m})
+    return [
+        f"- profile overrides of this table ({profile}): "
+        + ", ".join(f"{k}={v}" for k, v in spec.profile_overrides[profile].items())
+        for profile in profiles
+        if spec.profile_overrides.get(profile)
+    ]
+
+
 def _smoke_warning(measured: list[dict | None]) -> list[str]:
     provenances = [m["result"]["provenance"] for m in measured if m]
-    reduced = [p for p in provenances if p["profile"] != "thesis"]
+    reduced = [p for p in provenances if canonical_profile(p["profile"]) != FULL]
     if not reduced:
         return []
     profiles = ", ".join(sorted({p["profile"] for p in reduced}))
@@ -246,7 +354,7 @@ def _smoke_warning(measured: list[dict | None]) -> list[str]:
         "",
         f"> **Smoke run ({profiles} profile)**: our numbers come from a reduced scale (few or "
         f"short tracks, a fraction of the epochs) on {data}, on {devices}. They show that the "
-        "pipeline works end to end; they are not comparable to the thesis's MUSDB18 numbers. "
+        f"pipeline works end to end; they are not comparable to the published MUSDB18 numbers. "
         "Parameters and MACs are exact (profiles never change an architecture).",
     ]
 
@@ -343,22 +451,31 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
     notes = reported + [
         f"- {p.row.label}, {col}: {text}" for p in plans for col, text in p.row.notes.items()
     ]
+    notes += [
+        f"- {p.row.label}, {col}: {UNAVAILABLE}: {why}"
+        for p in plans
+        for col, why in p.row.unavailable_columns.items()
+    ]
+    notes += [f"- {metric}: {AGGREGATION_TEXT[how]}" for metric, how in spec.aggregates.items()]
+    paper = paper_label(spec)
     md = [
         f"# Table {spec.id}: {spec.title}",
         "",
-        f"Thesis caption: {spec.caption}".strip(),
+        f"{paper[0].upper()}{paper[1:]} caption: {spec.caption}".strip(),
+        *([] if spec.paper == "thesis" else ["", f"Paper: {papers()[spec.paper]['citation']}"]),
         "",
         "Produced by:",
         *_provenance_lines(measured),
+        *_overrides_line(spec, measured),
         *_smoke_warning(measured),
         "",
         *lines_md,
         "",
         "Ours: medians over tracks of the per-track medians over 1 s frames (museval BSS Eval v4) "
-        "for the vocals (unless a note says otherwise). Excluded: test tracks and 1 s frames "
+        f"for {_whose_scores(spec)}. Excluded: test tracks and 1 s frames "
         "whose SDR BSS Eval leaves undefined (an all-zero reference or estimate frame); the "
         "medians skip them, as museval does, so a model that outputs silence where it fails "
-        f"is not penalised there: look at this count (and at PES/EPS). {LEGEND}",
+        f"is not penalised there: look at this count (and at PES/EPS). {legend(paper)}",
     ]
     if notes:
         md += ["", "Notes:", *notes]
@@ -397,6 +514,12 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
 
 
 ROW_STATUS = ("excluded", "status", "run")
+AGGREGATION_TEXT = {
+    "median": "median over the records of the runs' scores.json",
+    "mean": "mean over the records of the runs' scores.json",
+    "mean_std": "mean (standard deviation) over the records (segments) of the runs' scores.json",
+    "length_weighted_mean": "mean over the runs' scores.json records weighted by their length",
+}
 
 
 def _csv_provenance(m: dict | None, status: dict) -> list[str]:
@@ -433,17 +556,18 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
     """One line per row; with ``relative_to``, every column is followed by its relative
     change (ours and the thesis's, each against its own reference row's value). The last
     column counts what BSS Eval excluded from the row's medians."""
-    whos = ("ours", "thesis")
+    whos = ("ours", paper_label(spec))
     relative = spec.relative_to is not None
     header = ["Row"]
     csv_header = ["label"]
+    spread = {c for c in spec.columns if spec.aggregates.get(split_column(c)[1]) == "mean_std"}
     for c in spec.columns:
         header += [f"{c} ({who})" for who in whos]
-        csv_header += [c, f"{c}_published"]
+        csv_header += [c, f"{c}_published"] + ([f"{c}_std"] if c in spread else [])
         if relative:
             header += [f"Δ {c} ({who})" for who in whos]
             csv_header += [f"{c}_delta", f"{c}_delta_published"]
-    bss = any(c in BSS_METRICS for c in spec.columns)
+    bss = any(split_column(c)[1] in BSS_METRICS for c in spec.columns)
     header += ["Excluded (SDR)"] if bss else []
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows = [csv_header + list(ROW_STATUS) + list(PROVENANCE)]
@@ -458,9 +582,16 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
         for column in spec.columns:
             ours = m["values"].get(column) if m else None
             published = row.published.get(column)
-            cells += [_fmt(column, ours) if m else _missing(status)]
+            if column in row.unavailable_columns:
+                cells += [UNAVAILABLE]
+            elif m and column in m["spread"]:
+                cells += [f"{_fmt(column, ours)} ({_fmt(column, m['spread'][column])})"]
+            else:
+                cells += [_fmt(column, ours) if m else _missing(status)]
             cells += [_fmt_published(column, published)]
             values += ["" if ours is None else ours, "" if published is None else published]
+            if column in spread:
+                values += [m["spread"].get(column, "") if m else ""]
             if relative:
                 deltas = [
                     relative_change(ours, reference[0].get(column)),
@@ -484,7 +615,8 @@ def _statistics_layout(spec, plans, measured, statuses) -> tuple[list[str], list
     the per-track medians."""
     row, m, status = plans[0].row, measured[0], statuses[0]
     stats = [STATISTIC_NAMES[s] for s in STATISTICS]
-    header = ["Metric"] + [f"{s} ({who})" for s in stats for who in ("ours", "thesis")]
+    whos = ("ours", paper_label(spec))
+    header = ["Metric"] + [f"{s} ({who})" for s in stats for who in whos]
     header += ["Excluded"]
     by_track = ["Metric"] + [f"{s} over tracks" for s in stats]
     md = [

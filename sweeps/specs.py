@@ -3,7 +3,8 @@
 A table spec (``experiments/tables/table-<id>.yaml``) names a base experiment, its rows (dotted
 overrides on the base), the columns it reports and the thesis's published numbers per row.
 A profile (``experiments/profiles/<name>.yaml``) scales any experiment: ``smoke`` (synthetic
-data, CPU, a few minutes) or ``thesis`` (MUSDB18, Table 3.1 protocol, GPU).
+data, CPU, a few minutes) or ``full`` (MUSDB18, each paper's full protocol, GPU; ``thesis`` is
+an alias).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Row:
     report: str = "vocals"  # the target whose metrics the row shows
     source: dict[str, str] | None = None  # {table, row}: the row is another table's row
     unavailable: str | None = None  # why the row cannot run yet (a family not built)
+    # columns this row cannot have here, with the reason (e.g. a data set we do not have)
+    unavailable_columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class TableSpec:
     # Label of the row that the relative changes (Delta %) of every numeric column refer to.
     relative_to: str | None = None
     figures: tuple[str, ...] = ()  # table-level figures by name (sweeps.render.TABLE_FIGURES)
+    paper: str = "thesis"  # whose table it is: experiments/papers.yaml
+    # {profile: {dotted key: value}} applied after the profile (context, epochs, sizes of the
+    # data; never the model): a smoke row of a 285 G-MAC network stays minutes on CPU
+    profile_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # {metric: aggregation} of the columns read from the runs' scores.json (not museval)
+    aggregates: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -82,6 +91,7 @@ def load_table(table_id: str) -> TableSpec:
                 report=r.get("report", "vocals"),
                 source=r.get("source"),
                 unavailable=r.get("unavailable"),
+                unavailable_columns=r.get("unavailable_columns") or {},
             )
             for r in raw["rows"]
         ]
@@ -96,6 +106,12 @@ def load_table(table_id: str) -> TableSpec:
             stats_frames=raw.get("stats_frames"),
             relative_to=raw.get("relative_to"),
             figures=tuple(raw.get("figures") or ()),
+            paper=raw.get("paper", "thesis"),
+            profile_overrides={
+                canonical_profile(str(name)): overrides
+                for name, overrides in (raw.get("profile_overrides") or {}).items()
+            },
+            aggregates=raw.get("aggregates") or {},
             path=path,
         )
     except (KeyError, TypeError) as error:
@@ -108,12 +124,47 @@ def load_table(table_id: str) -> TableSpec:
         raise SpecError(f"{path}: duplicate row labels {labels}")
     if spec.relative_to is not None and spec.relative_to not in labels:
         raise SpecError(f"{path}: relative_to '{spec.relative_to}' is not a row ({labels})")
+    if spec.paper not in papers():
+        raise SpecError(f"{path}: paper '{spec.paper}' is not in {PAPERS} ({sorted(papers())})")
+    known = available_profiles()
+    for profile, overrides in spec.profile_overrides.items():
+        if profile not in known:  # a typo would silently leave the table unscaled
+            raise SpecError(
+                f"{path}: profile_overrides.{profile}: no such profile ({', '.join(known)})"
+            )
+        models = [key for key in overrides if str(key).split(".")[0] == "model"]
+        if models:  # a profile scales data and training, never an architecture
+            raise SpecError(f"{path}: profile_overrides.{profile} may not set {models}")
+    for metric, how in spec.aggregates.items():
+        if how not in AGGREGATIONS:
+            raise SpecError(f"{path}: aggregates.{metric}: '{how}' is not one of {AGGREGATIONS}")
     return spec
 
 
+#: How a column read from the runs' ``scores.json`` records is summarised (sweeps.render).
+AGGREGATIONS = ("median", "mean", "mean_std", "length_weighted_mean")
+PAPERS = EXPERIMENTS / "papers.yaml"
+
+
+def papers() -> dict[str, dict[str, str]]:
+    """The papers a table can belong to: ``{id: {short, citation}}``."""
+    return yaml.safe_load(PAPERS.read_text())
+
+
+#: Old profile names that still work: ``thesis`` is every paper's full protocol now.
+PROFILE_ALIASES = {"thesis": "full"}
+FULL = "full"
+
+
+def canonical_profile(name: str) -> str:
+    """A profile's own name (``thesis`` -> ``full``): studies, results folders and provenance
+    use it, so the alias and the name never make two of them."""
+    return PROFILE_ALIASES.get(name, name)
+
+
 def default_profile() -> str:
-    """``thesis`` when a real MUSDB18 root is configured, else ``smoke``."""
-    return "thesis" if os.environ.get("MUSDB_ROOT") else "smoke"
+    """``full`` when a real MUSDB18 root is configured, else ``smoke``."""
+    return FULL if os.environ.get("MUSDB_ROOT") else "smoke"
 
 
 def profile_dirs() -> list[Path]:
@@ -122,12 +173,16 @@ def profile_dirs() -> list[Path]:
     return [*extra, PROFILES]
 
 
+def available_profiles() -> list[str]:
+    return sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.yaml")})
+
+
 def load_profile(name: str) -> dict[str, Any]:
+    name = canonical_profile(name)
     candidates = [folder / f"{name}.yaml" for folder in profile_dirs()]
     path = next((p for p in candidates if p.exists()), candidates[-1])
     if not path.exists():
-        known = sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.yaml")})
-        raise SpecError(f"unknown profile '{name}'; available: {', '.join(known)}")
+        raise SpecError(f"unknown profile '{name}'; available: {', '.join(available_profiles())}")
     profile = yaml.safe_load(path.read_text()) or {}
     if profile.pop("requires_musdb_root", False) and not os.environ.get("MUSDB_ROOT"):
         raise SpecError(

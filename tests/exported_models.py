@@ -30,9 +30,18 @@ def randomise_statistics_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def tiny_separator(**kwargs) -> SpectrogramSeparator:
+def tiny_separator(net_channels: tuple[int, int] = (1, 1), **kwargs) -> SpectrogramSeparator:
+    """A tiny thesis-topology separator; ``net_channels``: the net's (in, out) maps, for the
+    stereo and multi-target settings the separator checks them against."""
     torch.manual_seed(0)
-    net = MMDenseNet(low=TINY_BAND, high=TINY_BAND, full=TINY_BAND)
+    in_channels, out_channels = net_channels
+    net = MMDenseNet(
+        low=TINY_BAND,
+        high=TINY_BAND,
+        full=TINY_BAND,
+        in_channels=in_channels,
+        out_channels=out_channels,
+    )
     kwargs.setdefault("context_frames", 8)
     return randomise_statistics_(SpectrogramSeparator(net, **kwargs)).eval()
 
@@ -84,4 +93,19 @@ def tiny_checkpoint(path: Path, frames: int = 8) -> Path:
         },
         path,
     )
+    return path
+
+
+def checkpoint_with(
+    source: Path, path: Path, model: dict | None = None, data: dict | None = None
+) -> Path:
+    """A copy of checkpoint ``source`` recording another signal setting: ``model`` added to
+    the model's hyper-parameters, ``data`` as the DataModule's (``stft``, ``channels``,
+    ``targets``), as checkpoints of the companion papers' rows record them. Only the inference
+    tools' checks read these; the model itself is never built from the copy."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state["hyper_parameters"] = {**state["hyper_parameters"], **(model or {})}
+    if data is not None:
+        state["datamodule_hyper_parameters"] = data
+    torch.save(state, path)
     return path

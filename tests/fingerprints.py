@@ -66,7 +66,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from datamodules.conventions import targets_from_sources
+from datamodules.conventions import STFTConfig
 from datamodules.files import write_atomic
 from lightning_modules.separators.separator import Separator
 from sweeps import identity
@@ -404,12 +404,15 @@ def lightning_numbers(
     model: Mapping[str, Any],
     data: Mapping[str, Any] | None = None,
     prepare: Callable[[Any], None] | None = None,
+    per_target: bool = False,
 ) -> Numbers:
     """The seeded, untrained model's ``val/loss`` and ``val/sdr`` on the validation chunks,
     ``test/loss`` and the museval medians of the test track; then one training
     step (models that are not only evaluated): ``train/loss`` of the first batch, the mean
     magnitude of the step and of the state (weights and buffers: BatchNorm statistics, input
-    statistics) after it.
+    statistics) after it. ``per_target``: also every target's museval medians (models that
+    estimate several targets; the thesis's fingerprints keep the numbers they were recorded
+    with).
 
     Validation and test come first: after a step they would not be reproducible across CPUs.
     AdamW moves every weight by about +-lr whatever its gradient's size, so weights whose
@@ -428,6 +431,8 @@ def lightning_numbers(
         numbers["test/loss"] = _metric(cli.trainer.callback_metrics, "test/loss")
     for metric in ("SDR", "SIR", "SAR", "ISR", "PES", "EPS"):
         numbers[f"test/{metric}"] = _finite(cli.model.test_scores[metric]["median"])
+        for target, scores in cli.model.target_scores.items() if per_target else ():
+            numbers[f"test/{target}/{metric}"] = _finite(scores[metric]["median"])
     if cli.model.trainable:
         before = _state(cli.model)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -454,8 +459,18 @@ class LeakyOracle(Separator):
         rate: int = 32000,
         context_frames: int = 64,
         eval_workers: int = 2,
+        stft: STFTConfig | None = None,
+        channels: int = 1,
+        targets: str | list[str] = "vocals",
     ) -> None:
-        super().__init__(rate=rate, context_frames=context_frames, eval_workers=eval_workers)
+        super().__init__(
+            rate=rate,
+            context_frames=context_frames,
+            eval_workers=eval_workers,
+            stft=stft,
+            channels=channels,
+            targets=targets,
+        )
         self.save_hyperparameters()
         self.leak = leak
 
@@ -463,7 +478,7 @@ class LeakyOracle(Separator):
         self, mixture: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
         assert targets is not None
-        vocals, accompaniment = targets_from_sources(targets, "vocals")
+        vocals, accompaniment = self.vocals_pair(mixture, targets)
         return vocals + self.leak * accompaniment + 0.01 * torch.tanh(5 * mixture)
 
     def configure_optimizers(self) -> None:
@@ -657,6 +672,29 @@ ORACLE = {  # experiments/oracle/wiener.yaml (linear) and Table 5.3's Mel rows
     "init_args": {"mel_bins": None, "alpha": 2.0},
 }
 ORACLE_MEL = {**ORACLE, "init_args": {"mel_bins": 128, "alpha": 2.0}}
+
+#: Issue #11: four targets in stereo at 44.1 kHz, STFT 4096 / 1024 Hamming with the DC bin
+#: (experiments/frontend/stereo_4targets_44k.yaml at 4 frames of context).
+STEREO_4TARGETS_DATA = {
+    "rate": 44100,
+    "channels": 2,
+    "targets": "all",
+    "stft": {"n_fft": 4096, "hop": 1024, "window": "hamming", "keep_dc": True},
+    "context_frames": 4,
+    "test_max_seconds": 2.0,
+}
+STEREO_4TARGETS = {
+    "class_path": f"{MODULES}.SpectrogramSeparator",
+    "init_args": {
+        "net": {
+            "class_path": f"{NETS}.MMDenseNet",
+            "init_args": {"in_channels": 2, "out_channels": 8, "output_activation": "relu"},
+        },
+        "multi_target": True,
+        "objective": "learned_mask",
+    },
+}
+ORACLE_IRM = {"class_path": f"{MODULES}.OracleMaskSeparator", "init_args": {"mask": "irm"}}
 LEAKY_ORACLE = {"class_path": "tests.fingerprints.LeakyOracle", "init_args": {"leak": 0.25}}
 
 MDENSENET_LOW = {  # the low band of the baseline MMDenseNet (thesis Table 3.1)
@@ -719,6 +757,33 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
     ),
     _model("OracleMaskSeparator/linear", ORACLE),
     _model("OracleMaskSeparator/mel", ORACLE_MEL),
+    Fingerprint(
+        "MUSDBDataModule/stereo_4targets_hamming_dc",
+        (),
+        lambda ws: datamodule_numbers(ws, **STEREO_4TARGETS_DATA),
+    ),
+    Fingerprint(
+        "MUSDBDataModule/coherent_source_list",
+        (),
+        lambda ws: datamodule_numbers(ws, mixing="coherent", targets=["vocals", "bass"]),
+    ),
+    Fingerprint(
+        "MUSDBDataModule/remix_0db",
+        (),
+        lambda ws: datamodule_numbers(ws, mixing="remix_0db", seed=5),
+    ),
+    _model(
+        "SpectrogramSeparator/stereo_4targets_hamming_dc",
+        STEREO_4TARGETS,
+        data=STEREO_4TARGETS_DATA,
+        per_target=True,
+    ),
+    _model(
+        "OracleMaskSeparator/irm_stereo_4targets",
+        ORACLE_IRM,
+        data=STEREO_4TARGETS_DATA,
+        per_target=True,
+    ),
 )
 BY_NAME: dict[str, Fingerprint] = {fp.name: fp for fp in FINGERPRINTS}
 
@@ -856,7 +921,10 @@ PACKAGES = (
 #: upgrade may change its defaults), and the callbacks the experiments name that are hashed (not
 #: ``identity.RUNTIME_CALLBACKS``). ``tests/test_results_version.py`` fails on a class path in
 #: experiments/ that is neither the suite's, nor here, nor runtime-only.
-LIBRARY_CLASSES = ("lightning.pytorch.Trainer", "lightning.pytorch.callbacks.ModelCheckpoint")
+LIBRARY_CLASSES = (
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.callbacks.ModelCheckpoint",
+)
 
 
 def _modules(package: str) -> list[str]:

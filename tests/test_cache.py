@@ -229,6 +229,55 @@ def test_sources_at_other_rate_than_mixture(tmp_path: Path) -> None:
         decode_track(track, 16000)
 
 
+# -- stereo (issue #11) -----------------------------------------------------------------------
+
+
+def _fake_stereo(track, rate: int, channels: int = 2) -> np.ndarray:
+    """(4, 2, length): the mono stand-in on the left, its negative halved on the right."""
+    mono = _fake_decode(track, rate)
+    return np.stack([mono, -0.5 * mono], axis=1)
+
+
+def test_stereo_split_round_trip_and_a_mono_cache_never_serves_it(tmp_path: Path) -> None:
+    tracks = _tracks("Alpha - One", "Beta - Two")
+    built = build_split(tmp_path / "st", "train", tracks, RATE, decode=_fake_stereo, channels=2)
+    lengths = [_fake_decode(t, RATE).shape[1] for t in tracks]
+    assert built.audio.shape == (len(SOURCES), 2, sum(lengths))
+    assert built.channels == 2
+    loaded = load_split(tmp_path / "st", "train", RATE, channels=2)
+    np.testing.assert_array_equal(loaded.track(1), _fake_stereo(tracks[1], RATE))
+    assert loaded.sources_of(0).shape == (len(SOURCES), 2, lengths[0])
+    index = json.loads((tmp_path / "st" / "train.json").read_text())
+    assert index["channels"] == 2
+    with pytest.raises(StemError, match="holds 2 channel.*expected 1"):
+        load_split(tmp_path / "st", "train", RATE)
+    mono = build_split(tmp_path / "mono", "train", tracks, RATE, decode=_fake_decode)
+    assert "channels" not in json.loads((tmp_path / "mono" / "train.json").read_text())
+    assert mono.channels == 1 and mono.sources_of(0).shape == (len(SOURCES), 1, lengths[0])
+    with pytest.raises(StemError, match="holds 1 channel.*expected 2"):
+        load_split(tmp_path / "mono", "train", RATE, channels=2)
+
+
+def test_stereo_decoding_keeps_both_channels_of_the_stems(tmp_path: Path) -> None:
+    track = _wav_track(tmp_path / "musdb", seconds=0.5)
+    stereo = decode_track(track, 16000, channels=2)
+    mono = decode_track(track, 16000)
+    assert stereo.shape == (len(SOURCES), 2, mono.shape[-1])
+    np.testing.assert_allclose(stereo.mean(axis=1), mono, atol=1e-6)
+    assert np.abs(stereo[:, 0] - stereo[:, 1]).max() > 0.1  # two different channels
+
+
+def test_datamodule_caches_mono_and_stereo_apart(synthetic_dm_kwargs: dict, tmp_path) -> None:
+    kwargs = {**synthetic_dm_kwargs, "cache_dir": str(tmp_path)}
+    mono, stereo = MUSDBDataModule(**kwargs), MUSDBDataModule(**kwargs, channels=2)
+    mono.prepare_data()
+    stereo.prepare_data()
+    assert len(list((tmp_path / "decoded").iterdir())) == 2  # one cache folder each
+    for name, split in stereo.splits.items():
+        assert split.channels == 2 and mono.splits[name].channels == 1
+        np.testing.assert_allclose(split.audio.mean(axis=1), mono.splits[name].audio, atol=1e-6)
+
+
 # -- the DataModule's use of the cache ------------------------------------------------------
 
 
@@ -254,7 +303,7 @@ def test_datamodule_resumes_a_killed_build(
     the leftover scratch folder and stray array."""
     calls: list[str] = []
 
-    def killed_in_valid(directory, split, tracks, rate, excerpt=None):
+    def killed_in_valid(directory, split, tracks, rate, excerpt=None, channels=1):
         calls.append(split)
         if split == "valid":
             raise KeyboardInterrupt
@@ -279,7 +328,7 @@ def test_datamodule_resumes_a_killed_build(
 
     calls.clear()
 
-    def fake_build(directory, split, tracks, rate, excerpt=None):
+    def fake_build(directory, split, tracks, rate, excerpt=None, channels=1):
         calls.append(split)
         return build_split(directory, split, tracks, rate, excerpt, decode=_fake_decode)
 

@@ -133,11 +133,16 @@ def test_published_relative_changes_are_the_thesis_printed_deltas() -> None:
 
 
 def test_relative_change_columns_in_the_rendered_rows() -> None:
-    spec = SimpleNamespace(columns=["MACs", "SDR"], relative_to="A")
+    spec = SimpleNamespace(columns=["MACs", "SDR"], relative_to="A", paper="thesis", aggregates={})
     plans = [
-        SimpleNamespace(row=SimpleNamespace(label="A", published={"MACs": 100.0, "SDR": 5.0})),
-        SimpleNamespace(row=SimpleNamespace(label="B", published={"MACs": 50.0, "SDR": None})),
-        SimpleNamespace(row=SimpleNamespace(label="C", published={"MACs": 25.0, "SDR": 4.0})),
+        SimpleNamespace(
+            row=SimpleNamespace(label=label, published=published, unavailable_columns={})
+        )
+        for label, published in (
+            ("A", {"MACs": 100.0, "SDR": 5.0}),
+            ("B", {"MACs": 50.0, "SDR": None}),
+            ("C", {"MACs": 25.0, "SDR": 4.0}),
+        )
     ]
     provenance = {"commit": "x", "data": "d", "profile": "ci", "device": "cpu", "date": "t"}
     counts = {"SDR": {"n_tracks": 4, "n_excluded": 0, "n_frames": 80, "n_frames_excluded": 2}}
@@ -147,7 +152,7 @@ def test_relative_change_columns_in_the_rendered_rows() -> None:
         None,  # not run
     ]
     for m in measured[:2]:
-        m["scores"] = counts
+        m["scores"], m["spread"] = counts, {}
     statuses = [
         {"status": "current", "run": "a"},
         {"status": "current", "run": "b"},

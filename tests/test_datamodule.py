@@ -118,8 +118,8 @@ def test_train_batch(dm: MUSDBDataModule) -> None:
     assert len(loader) == max(1, positions // (CHUNK * 4))
     batch = next(iter(loader))
     assert set(batch) == {"mixture", "targets"}
-    assert batch["mixture"].shape == (4, CHUNK)
-    assert batch["targets"].shape == (4, 2, CHUNK)
+    assert batch["mixture"].shape == (4, 1, CHUNK)  # (batch, channels, samples)
+    assert batch["targets"].shape == (4, 2, 1, CHUNK)  # (batch, targets, channels, samples)
     assert batch["mixture"].dtype == batch["targets"].dtype == torch.float32
     torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))
     # the synthetic vocals rest often, so look at a whole (fixed-seed) epoch for them
@@ -144,11 +144,11 @@ def test_all_targets(synthetic_dm_kwargs: dict) -> None:
     dm.setup("fit")
     assert dm.target_names == SOURCES
     batch = next(iter(dm.train_dataloader()))
-    assert batch["mixture"].shape == (3, CHUNK)
-    assert batch["targets"].shape == (3, 4, CHUNK)
+    assert batch["mixture"].shape == (3, 1, CHUNK)
+    assert batch["targets"].shape == (3, 4, 1, CHUNK)
     torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))
     item = dm.test_dataloader().dataset[0]
-    assert item["targets"].shape == (4, int(SECONDS * 16000))
+    assert item["targets"].shape == (4, 1, int(SECONDS * 16000))
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -161,14 +161,14 @@ def test_validation_chunks_deterministic(dm: MUSDBDataModule, synthetic_dm_kwarg
     assert torch.equal(chunks["targets"], again["targets"])
 
     n = int(SECONDS * 16000) // CHUNK  # 11 consecutive chunks at unit gain
-    assert chunks["mixture"].shape == (n, CHUNK)
-    assert chunks["targets"].shape == (n, 2, CHUNK)
+    assert chunks["mixture"].shape == (n, 1, CHUNK)
+    assert chunks["targets"].shape == (n, 2, 1, CHUNK)
     track = torch.from_numpy(np.array(dm.splits["valid"].track(0)))
     for i in range(n):
         sources = track[:, i * CHUNK : (i + 1) * CHUNK]
-        assert torch.equal(chunks["targets"][i, 0], sources[0])
-        torch.testing.assert_close(chunks["targets"][i, 1], sources[1:].sum(dim=0))
-        torch.testing.assert_close(chunks["mixture"][i], sources.sum(dim=0))
+        assert torch.equal(chunks["targets"][i, 0, 0], sources[0])
+        torch.testing.assert_close(chunks["targets"][i, 1, 0], sources[1:].sum(dim=0))
+        torch.testing.assert_close(chunks["mixture"][i, 0], sources.sum(dim=0))
 
     batches = list(dm.val_dataloader())
     assert [len(b["mixture"]) for b in batches] == [4, 4, 3]
@@ -180,7 +180,7 @@ def test_validation_chunks_deterministic(dm: MUSDBDataModule, synthetic_dm_kwarg
 def test_validation_chunks_capped_per_track(synthetic_dm_kwargs: dict) -> None:
     dm = MUSDBDataModule(**{**synthetic_dm_kwargs, "valid_chunks_per_track": 3})
     chunks = dm.validation_chunks()
-    assert chunks["mixture"].shape == (3, CHUNK)
+    assert chunks["mixture"].shape == (3, 1, CHUNK)
 
 
 # -- test tracks --------------------------------------------------------------------------------
@@ -190,8 +190,8 @@ def test_test_dataloader_full_tracks(dm: MUSDBDataModule) -> None:
     items = list(dm.test_dataloader())
     assert [item["name"] for item in items] == TEST_NAMES
     for item in items:
-        assert item["mixture"].shape == (int(SECONDS * 16000),)
-        assert item["targets"].shape == (2, int(SECONDS * 16000))
+        assert item["mixture"].shape == (1, int(SECONDS * 16000))  # (channels, samples)
+        assert item["targets"].shape == (2, 1, int(SECONDS * 16000))
         assert item["mixture"].dtype == torch.float32
         torch.testing.assert_close(item["mixture"], item["targets"].sum(dim=0))
 
@@ -202,9 +202,9 @@ def test_test_max_seconds_trims(synthetic_dm_kwargs: dict, dm: MUSDBDataModule) 
     assert [item["name"] for item in items] == TEST_NAMES
     full = list(dm.test_dataloader())
     for item, whole in zip(items, full, strict=True):
-        assert item["mixture"].shape == (24000,)
-        assert item["targets"].shape == (2, 24000)
-        assert torch.equal(item["mixture"], whole["mixture"][:24000])
+        assert item["mixture"].shape == (1, 24000)
+        assert item["targets"].shape == (2, 1, 24000)
+        assert torch.equal(item["mixture"], whole["mixture"][:, :24000])
 
 
 def test_cache_matches_direct_decoding(dm: MUSDBDataModule, synthetic_root: Path) -> None:
@@ -307,8 +307,8 @@ def test_synthetic_fallback(fallback_dm: MUSDBDataModule, monkeypatch: pytest.Mo
     splits = fallback_dm.splits
     assert len(splits["train"].names) == len(splits["valid"].names) == 1
     batch = next(iter(fallback_dm.train_dataloader()))
-    assert batch["mixture"].shape == (2, CHUNK)
-    assert batch["targets"].shape == (2, 2, CHUNK)
+    assert batch["mixture"].shape == (2, 1, CHUNK)
+    assert batch["targets"].shape == (2, 2, 1, CHUNK)
 
 
 def test_test_subset_train_and_max_test_tracks(fallback_dm: MUSDBDataModule) -> None:
@@ -363,8 +363,8 @@ def test_stem_splits_and_test_track(stem_dm: MUSDBDataModule) -> None:
     assert len(splits["train"].names) == len(splits["valid"].names) == 1
     (item,) = list(stem_dm.test_dataloader())
     assert item["name"] == STEM_TEST_NAME
-    assert abs(item["mixture"].shape[0] - STEM_SECONDS * 32000) <= 2
-    assert item["targets"].shape == (2, item["mixture"].shape[0])
+    assert abs(item["mixture"].shape[-1] - STEM_SECONDS * 32000) <= 2
+    assert item["targets"].shape == (2, 1, item["mixture"].shape[-1])
     vocals = item["targets"][0]
     assert vocals.pow(2).mean().sqrt() > 0.01  # vocals are not silent
     assert item["mixture"].abs().amax() > 0.1
@@ -372,8 +372,8 @@ def test_stem_splits_and_test_track(stem_dm: MUSDBDataModule) -> None:
 
 def test_stem_training_batch(stem_dm: MUSDBDataModule) -> None:
     batch = next(iter(stem_dm.train_dataloader()))
-    assert batch["mixture"].shape == (2, CHUNK)
-    assert batch["targets"].shape == (2, 2, CHUNK)
+    assert batch["mixture"].shape == (2, 1, CHUNK)
+    assert batch["targets"].shape == (2, 2, 1, CHUNK)
     assert batch["mixture"].dtype == torch.float32
     torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))
 
@@ -414,3 +414,153 @@ def test_stem_cache_matches_direct_stempeg_decoding(stem_dm: MUSDBDataModule) ->
         axis=-1,
     )
     np.testing.assert_allclose(stem_dm.splits["test"].audio[unclipped], reference, atol=1e-4)
+
+
+# -- issue #11: STFT, channels, target lists, mixing modes, splits ----------------------------
+
+
+def _with(synthetic_dm_kwargs: dict, **overrides) -> MUSDBDataModule:
+    dm = MUSDBDataModule(**{**synthetic_dm_kwargs, **overrides})
+    dm.setup("fit")
+    return dm
+
+
+def test_the_rows_stft_sizes_the_chunks(synthetic_dm_kwargs: dict) -> None:
+    stft = {"n_fft": 1024, "hop": 256, "window": "hamming", "keep_dc": True}
+    dm = _with(synthetic_dm_kwargs, stft=stft)
+    assert dm.chunk == chunk_samples(8, 1024, 256) == 1024 + 7 * 256
+    assert dm.stft.bins == 513
+    assert next(iter(dm.train_dataloader()))["mixture"].shape == (4, 1, dm.chunk)
+    assert dm.validation_chunks()["mixture"].shape[-1] == dm.chunk
+
+
+def test_stereo_batches_validation_chunks_and_test_tracks(synthetic_dm_kwargs: dict) -> None:
+    dm = _with(synthetic_dm_kwargs, channels=2, targets="all")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mixture"].shape == (4, 2, CHUNK)
+    assert batch["targets"].shape == (4, 4, 2, CHUNK)
+    torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))
+    assert (batch["mixture"][:, 0] - batch["mixture"][:, 1]).abs().max() > 1e-3  # two channels
+    valid = dm.validation_chunks()
+    assert valid["mixture"].shape[1:] == (2, CHUNK)
+    assert valid["targets"].shape[1:] == (4, 2, CHUNK)
+    item = next(iter(dm.test_dataloader()))
+    assert item["mixture"].shape == (2, int(SECONDS * 16000))
+    assert item["targets"].shape == (4, 2, int(SECONDS * 16000))
+    torch.testing.assert_close(item["mixture"], item["targets"].sum(dim=0))
+
+
+def test_a_list_of_sources_is_the_target_set_in_its_order(synthetic_dm_kwargs: dict) -> None:
+    listed = _with(synthetic_dm_kwargs, targets=["bass", "vocals"])
+    every = _with(synthetic_dm_kwargs, targets="all")
+    assert listed.target_names == ("bass", "vocals")
+    a, b = next(iter(listed.train_dataloader())), next(iter(every.train_dataloader()))
+    assert torch.equal(a["targets"], b["targets"][:, [2, 0]])
+    assert torch.equal(a["mixture"], b["mixture"])  # still the mix of all four sources
+    test_a, test_b = next(iter(listed.test_dataloader())), next(iter(every.test_dataloader()))
+    assert torch.equal(test_a["targets"], test_b["targets"][[2, 0]])
+
+
+def test_coherent_mixing_serves_every_frame_of_the_tracks_own_mix(
+    synthetic_dm_kwargs: dict,
+) -> None:
+    dm = _with(synthetic_dm_kwargs, mixing="coherent", targets="all")
+    train = dm.splits["train"]
+    stride = 8 * 512  # context_frames * hop
+    grid = sum((int(n) - CHUNK) // stride + 1 for n in train.lengths)
+    epoch = list(dm.train_dataloader())
+    assert sum(len(b["mixture"]) for b in epoch) == grid  # every chunk of the grid once
+    audio = torch.from_numpy(np.array(train.audio))
+    starts = torch.cat(
+        [
+            o + torch.arange(0, int(n) - CHUNK + 1, stride)
+            for o, n in zip(train.offsets.tolist(), train.lengths.tolist(), strict=True)
+        ]
+    )
+    chunks = {tuple(audio[:, s : s + 16].flatten().tolist()): int(s) for s in starts}
+    for batch in epoch[:2]:
+        for example in batch["targets"][:, :, 0]:  # (4 sources, chunk), unit gain
+            start = chunks[tuple(example[:, :16].flatten().tolist())]
+            assert torch.equal(example, audio[:, start : start + CHUNK])
+
+
+def test_remix_0db_mixes_vocals_and_accompaniment_at_equal_energy(
+    synthetic_dm_kwargs: dict,
+) -> None:
+    dm = _with(synthetic_dm_kwargs, mixing="remix_0db", test_max_seconds=2.0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["targets"].shape == (4, 2, 1, CHUNK)
+    energy = batch["targets"].double().square().sum(dim=(-2, -1))
+    torch.testing.assert_close(energy[:, 1], energy[:, 0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))
+    valid = dm.validation_chunks()
+    assert torch.equal(valid["targets"], dm.validation_chunks()["targets"])  # fixed, seeded
+    energy = valid["targets"].double().square().sum(dim=(-2, -1))
+    torch.testing.assert_close(energy[:, 1], energy[:, 0], rtol=1e-6, atol=0)
+    pieces = list(dm.test_dataloader())
+    assert [p["name"] for p in pieces] == TEST_NAMES
+    for piece, again in zip(pieces, dm.test_dataloader(), strict=True):
+        assert torch.equal(piece["targets"], again["targets"])  # the same pieces every time
+        assert piece["targets"].shape[:2] == (2, 1) and piece["targets"].shape[-1] <= 32000
+        energy = piece["targets"].double().square().sum(dim=(-2, -1))
+        assert float(energy[1]) == pytest.approx(float(energy[0]), rel=1e-6)
+
+
+def test_no_validation_split(synthetic_dm_kwargs: dict) -> None:
+    dm = _with(synthetic_dm_kwargs, valid_fraction=0.0)
+    assert not dm.has_validation
+    assert set(dm.splits) == {"train", "test"}
+    assert sorted(dm.splits["train"].names) == TRAIN_NAMES
+    assert dm.val_dataloader() == []
+    with pytest.raises(ValueError, match="no validation split"):
+        dm.validation_chunks()
+
+
+def test_fixed_track_lists_per_split(synthetic_dm_kwargs: dict) -> None:
+    tracks = {"train": TRAIN_NAMES[:2], "valid": [TEST_NAMES[0]], "test": [TRAIN_NAMES[2]]}
+    dm = _with(synthetic_dm_kwargs, tracks=tracks)
+    assert dm.splits["train"].names == TRAIN_NAMES[:2]
+    assert dm.splits["valid"].names == [TEST_NAMES[0]]
+    assert dm.splits["test"].names == [TRAIN_NAMES[2]]
+    # a train list alone: the validation tracks are drawn from it
+    drawn = _with(synthetic_dm_kwargs, tracks={"train": TRAIN_NAMES[:2]})
+    assert sorted(drawn.splits["train"].names + drawn.splits["valid"].names) == TRAIN_NAMES[:2]
+    assert drawn.splits["test"].names == TEST_NAMES
+
+
+def test_fixed_track_lists_name_what_is_missing_or_twice(synthetic_dm_kwargs: dict) -> None:
+    missing = MUSDBDataModule(
+        **synthetic_dm_kwargs, tracks={"train": [TRAIN_NAMES[0], "Nobody - Nothing"]}
+    )
+    with pytest.raises(ValueError, match=r"data.tracks.*train: 1 of 2.*'Nobody - Nothing'"):
+        missing.prepare_data()
+    twice = MUSDBDataModule(
+        **synthetic_dm_kwargs, tracks={"train": TRAIN_NAMES, "test": [TRAIN_NAMES[1]]}
+    )
+    with pytest.raises(ValueError, match="'Synthetic 001 - Seed 0' is in both train and test"):
+        twice.prepare_data()
+    # a listed training track that the default test split (musdb's test subset) also holds
+    leaked = MUSDBDataModule(**synthetic_dm_kwargs, tracks={"train": [*TRAIN_NAMES, TEST_NAMES[0]]})
+    with pytest.raises(ValueError, match=r"1 track\(s\) in both (train|valid) and test.*Test 000"):
+        leaked.prepare_data()
+    with pytest.raises(ValueError, match="data.tracks: unknown splits"):
+        MUSDBDataModule(tracks={"training": TRAIN_NAMES})
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"stft": {"window": "kaiser"}}, "data: STFT window 'kaiser'"),
+        ({"stft": {"n_fft": 1024, "hops": 256}}, r"data: STFT options \['hops'\] unknown"),
+        ({"channels": 3}, "data: channels must be 1 .* or 2"),
+        ({"targets": ["vocals", "piano"]}, r"data: targets \['vocals', 'piano'\]"),
+        ({"targets": "drums"}, "data: unknown targets 'drums'"),
+        ({"mixing": "shuffle"}, "data.mixing must be one of"),
+        ({"mixing": "remix_0db", "targets": "all"}, "remix_0db .* needs targets: vocals"),
+        ({"mixing": "coherent", "overfit": {"seconds": 1.0}}, "data.overfit"),
+        ({"valid_fraction": 1.0}, r"valid_fraction must lie in \[0, 1\)"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MUSDBDataModule(**options)

@@ -7,19 +7,23 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.conventions import STFTConfig
 from lightning_modules.dsp import spectral as dsp
+from lightning_modules.dsp.frontend import MelFrontEnd
 from lightning_modules.dsp.spectral import (
     HOP,
     N_FFT,
     apply_mask,
     chunk_samples,
     ideal_amplitude_mask,
+    ideal_ratio_mask,
     istft,
     linear_to_mel,
     mel_filterbank,
     mel_to_linear_mask,
     phase_sensitive_mask,
     stft,
+    stft_kwargs,
     truncated_phase_sensitive_mask,
     wiener_like_mask,
 )
@@ -201,8 +205,96 @@ def test_float64_and_device_preserved(device):
 
 
 # ------------------------------------------------------------------------------------------
+# Other STFTs (issue #11): Hamming, shorter windows, the DC bin kept
+# ------------------------------------------------------------------------------------------
+
+SAMSNET = STFTConfig(n_fft=4096, hop=1024, window="hamming", keep_dc=True)
+
+
+def test_stft_config_bins_and_bad_options_name_the_option():
+    assert STFTConfig().bins == 1024 and SAMSNET.bins == 2049
+    assert STFTConfig(n_fft=1024, hop=512, window="hamming", keep_dc=True).bins == 513
+    assert STFTConfig(n_fft=4096, win_length=2049).window_length == 2049
+    with pytest.raises(ValueError, match="window 'kaiser'"):
+        STFTConfig(window="kaiser")
+    with pytest.raises(ValueError, match="win_length"):
+        STFTConfig(n_fft=1024, win_length=2048)
+    with pytest.raises(ValueError, match="hop=512: must be shorter than the window"):
+        STFTConfig(n_fft=1024, hop=512, win_length=512)  # torch.istft would fail at validation
+    with pytest.raises(ValueError, match="window 'blackman'"):
+        stft(torch.zeros(4096), window="blackman")
+
+
+def test_hamming_stft_with_dc_is_torchs_periodic_hamming_stft():
+    x = torch.randn(2, chunk_samples(8, 4096, 1024), generator=torch.Generator().manual_seed(0))
+    spec = stft(x, **stft_kwargs(SAMSNET))
+    expected = torch.stft(
+        x,
+        4096,
+        1024,
+        window=torch.hamming_window(4096, periodic=True),
+        center=False,
+        return_complex=True,
+    )
+    assert spec.shape == (2, 2049, 8)
+    torch.testing.assert_close(spec, expected)  # nothing dropped: bin 0 is DC
+
+
+def test_keep_dc_round_trips_everything_a_constant_included():
+    """With the DC bin kept nothing is dropped or restored: white noise and a constant come
+    back exactly (without it, a constant comes back as c / 3)."""
+    length = 30_000
+    x = torch.randn(length, generator=torch.Generator().manual_seed(3)) + 0.7
+    for window in ("hann", "hamming"):
+        y = istft(
+            stft(x, center=True, window=window, keep_dc=True), length, keep_dc=True, window=window
+        )
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+
+
+def test_shorter_window_is_zero_padded_and_round_trips():
+    """A 2049-sample window inside a 4096-point FFT (the DAE paper's proposal): torch pads it
+    on both sides; the analysis-synthesis pair still inverts."""
+    config = STFTConfig(n_fft=4096, hop=384, win_length=2049, window="hamming", keep_dc=True)
+    x = torch.randn(40_000, generator=torch.Generator().manual_seed(4))
+    spec = stft(x, center=True, **stft_kwargs(config))
+    assert spec.shape[-2] == 2049
+    padded = torch.zeros(4096)
+    padded[(4096 - 2049) // 2 : (4096 - 2049) // 2 + 2049] = torch.hamming_window(2049)
+    expected = torch.stft(
+        x, 4096, 384, window=padded, center=True, pad_mode="constant", return_complex=True
+    )
+    torch.testing.assert_close(spec, expected)
+    y = istft(spec, 40_000, **stft_kwargs(config))
+    torch.testing.assert_close(y, x, atol=1e-4, rtol=0)
+
+
+def test_istft_names_the_bins_it_expects():
+    with pytest.raises(ValueError, match="expected 2049 frequency bins \\(DC kept\\)"):
+        istft(torch.zeros(2048, 4, dtype=torch.complex64), 1000, **stft_kwargs(SAMSNET))
+
+
+def test_mel_front_end_follows_the_rows_stft():
+    """The Mel bank has one column per spectrogram bin: 2048 without DC at 4096, 2049 with."""
+    assert MelFrontEnd(44100, 128, 4096).filterbank.shape == (128, 2048)
+    with_dc = MelFrontEnd(44100, 128, 4096, keep_dc=True)
+    assert with_dc.filterbank.shape == (128, 2049)
+    torch.testing.assert_close(with_dc.filterbank[:, 1:], mel_filterbank(44100, 128, 4096))
+    assert float(with_dc.filterbank[:, 0].abs().max()) == 0.0  # no filter at 0 Hz
+    assert MelFrontEnd(16000, 150, 1024).to_mel(torch.ones(2, 512, 3)).shape == (2, 150, 3)
+
+
+# ------------------------------------------------------------------------------------------
 # Masks
 # ------------------------------------------------------------------------------------------
+
+
+def test_ideal_ratio_mask_is_the_magnitude_ratio():
+    mags = torch.tensor([1.0, 3.0, 0.0, 4.0]).reshape(4, 1, 1)  # four sources, one bin
+    torch.testing.assert_close(
+        ideal_ratio_mask(mags).flatten(), mags.flatten() / 8, atol=1e-8, rtol=0
+    )
+    torch.testing.assert_close(ideal_ratio_mask(mags), wiener_like_mask(mags, alpha=1.0))
 
 
 def test_wiener_mask_hand_example():

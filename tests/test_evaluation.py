@@ -483,3 +483,64 @@ def test_check_bss_conditioning_on_broadband_and_silent_references():
         assert check_bss_conditioning(refs) < 1e3
     refs[1] = 0.0
     assert check_bss_conditioning(refs, warn=False) == math.inf
+
+
+# ------------------------------------------------------------------------------------------------
+# several channels and targets (issue #11)
+# ------------------------------------------------------------------------------------------------
+
+
+def _stereo_sources(seconds: float = 2.5, n: int = 3, seed: int = 3) -> np.ndarray:
+    """(n targets, 2 channels, T) independent broadband sources, channels correlated."""
+    rng = np.random.default_rng(seed)
+    left = rng.standard_normal((n, int(seconds * RATE)))
+    right = 0.6 * left + 0.4 * rng.standard_normal(left.shape)
+    return np.stack([left, right], axis=1) * 0.2
+
+
+def test_stereo_targets_are_evaluated_together_as_museval_does():
+    refs = _stereo_sources()
+    ests = refs + 0.2 * refs[[1, 2, 0]] + 0.01 * np.sin(np.arange(refs.shape[-1]) / 7)
+    names = ("vocals", "drums", "bass")
+    result = evaluate_track("st", refs, ests, RATE, target_names=names)
+    assert [t["name"] for t in result["targets"]] == list(names)
+    sdr, isr, sir, sar = museval.evaluate(
+        np.moveaxis(refs, 1, 2),
+        np.moveaxis(ests, 1, 2),
+        win=RATE,
+        hop=RATE,
+        mode="v4",
+        padding=False,
+    )
+    for i, target in enumerate(result["targets"]):
+        for name, values in (("SDR", sdr), ("SIR", sir), ("ISR", isr), ("SAR", sar)):
+            got = [frame["metrics"][name] for frame in target["frames"]]
+            np.testing.assert_allclose(got, values[i], atol=1e-4)
+    assert math.isfinite(result["bss_gram_condition"])  # (3 x 2 x 512) rows, all channels
+
+
+def test_one_channel_is_exactly_the_mono_evaluation():
+    refs = _sources()
+    ests = _leaky(refs)
+    mono = evaluate_track("m", refs, ests, RATE)
+    one = evaluate_track("m", refs[:, None], ests[:, None], RATE)
+    assert json.dumps(one) == json.dumps(mono)
+
+
+def test_stereo_silence_needs_every_channel_silent():
+    reference = np.ones((2, 3 * RATE))
+    reference[:, RATE : 2 * RATE] = 0.0  # second frame silent on both channels
+    reference[0, 2 * RATE :] = 0.0  # third frame silent on the left only
+    estimate = np.full_like(reference, 0.5)
+    scores = silence_scores(reference, estimate, RATE)
+    assert scores["n_pes_frames"] == 1
+    # the estimate's energy over both channels of the silent frame: 2 * RATE * 0.25
+    assert scores["PES"] == pytest.approx(10 * np.log10(2 * RATE * 0.25 + 1e-12))
+
+
+def test_stereo_inputs_are_validated_naming_the_track():
+    refs = _stereo_sources()
+    with pytest.raises(ValueError, match="track 'x'.*shape mismatch"):
+        evaluate_track("x", refs, refs[:, :1], RATE, target_names=("a", "b", "c"))
+    with pytest.raises(ValueError, match=r"track 'x'.*\(n_targets, T\) or \(n_targets, C, T\)"):
+        evaluate_track("x", refs[None], refs[None], RATE, target_names=("a",))

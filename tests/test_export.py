@@ -1,22 +1,28 @@
 """Export: BatchNorm folding, the exported graph against the PyTorch model (both formats),
-training-only heads dropped, the CLI and its errors."""
+training-only heads dropped, the CLI and its errors, and the refusal of any signal setting
+but the thesis's (STFT, mono, one target)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from datamodules.conventions import STFTConfig
 from lightning_modules.inference.export import TOLERANCE, export, inference_pipeline
 from lightning_modules.inference.export import main as export_main
 from lightning_modules.inference.runtime import load_exported
+from lightning_modules.inference.support import checkpoint_setting, model_setting, unsupported
 from lightning_modules.nets import MMDenseNet, MultiHeadMMDenseNet
 from lightning_modules.nets.fold import fold_batchnorm
 from lightning_modules.nets.mmdensenet import BottleneckDenseLayer
 from lightning_modules.separators.spectrogram import SpectrogramSeparator
 from tests.exported_models import (
     TINY_BAND,
+    checkpoint_with,
     randomise_statistics_,
     tiny_checkpoint,
     tiny_final_separator,
@@ -193,3 +199,122 @@ def test_failed_export_keeps_an_existing_output(tmp_path, monkeypatch, capsys) -
     assert load_exported(out, threads=1).info.frames == 8
     assert out.stat().st_mode & 0o777 == 0o640
     assert sorted(out.parent.iterdir()) == [out]
+
+
+# -- only the thesis's setting is exported ----------------------------------------------------
+
+SAMSNET_STFT = {"n_fft": 4096, "hop": 1024, "window": "hamming", "keep_dc": True}
+
+
+@pytest.fixture(scope="module")
+def thesis_checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("thesis") / "best.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (
+            {"stft": STFTConfig(**SAMSNET_STFT)},
+            ["STFT n_fft=4096, hop=1024", "window=hamming", "DC bin kept"],
+        ),
+        ({"stft": {"hop": 256}}, ["STFT n_fft=2048, hop=256"]),  # as LightningCLI passes it
+        ({"stft": STFTConfig(win_length=1024)}, ["win_length=1024"]),
+        ({"channels": 2, "net_channels": (2, 2)}, ["2 channels (stereo; supported: mono)"]),
+        (
+            {"multi_target": True, "targets": "all", "net_channels": (1, 4)},
+            ["targets vocals, drums, bass, other estimated by the network"],
+        ),
+        (
+            {"multi_target": True, "targets": "vocals", "net_channels": (1, 2)},
+            ["targets vocals, accompaniment estimated by the network"],
+        ),
+        (
+            {
+                "stft": SAMSNET_STFT,
+                "channels": 2,
+                "multi_target": True,
+                "targets": "all",
+                "net_channels": (2, 8),
+            },
+            ["n_fft=4096", "stereo", "targets vocals, drums, bass, other"],
+        ),
+    ],
+    ids=["samsnet-stft", "hop", "window-length", "stereo", "four-targets", "pair", "all"],
+)
+def test_export_refuses_what_it_does_not_support(options: dict, named: list[str]) -> None:
+    separator = tiny_separator(**options)
+    with pytest.raises(ValueError) as refused:
+        inference_pipeline(separator, source="model.ckpt")
+    message = str(refused.value)
+    assert message.startswith("model.ckpt: export supports only the thesis's STFT, mono audio")
+    for part in named:
+        assert part in message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"stft": STFTConfig(), "channels": 1, "targets": "vocals"},
+        {"stft": {"n_fft": 2048, "hop": 512, "win_length": 2048, "window": "hann"}},
+        # a single-target model trained on four-source batches still estimates the vocals
+        {"targets": "all"},
+    ],
+    ids=["defaults", "spelled-out", "single-target-on-all-sources"],
+)
+def test_export_accepts_the_thesis_setting_however_it_is_written(options: dict) -> None:
+    _, info = inference_pipeline(tiny_separator(**options))
+    assert (info.n_fft, info.hop, info.bins, info.window, info.keep_dc, info.channels) == (
+        2048,
+        512,
+        1024,
+        "hann",
+        False,
+        1,
+    )
+
+
+def test_a_model_without_the_attributes_is_read_from_its_hparams() -> None:
+    # a separator class that records its setting only as hyper-parameters
+    model = SimpleNamespace(
+        hparams={"stft": {"n_fft": 1024}, "channels": 2, "multi_target": True, "targets": "all"}
+    )
+    reasons = unsupported(model_setting(model))
+    assert [r.split(" ")[0] for r in reasons] == ["STFT", "2", "targets"]
+    assert unsupported(model_setting(SimpleNamespace(hparams={"targets": "all"}))) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "named"),
+    [
+        ({"stft": SAMSNET_STFT}, None, "n_fft=4096"),
+        ({"channels": 2}, None, "stereo"),
+        ({"multi_target": True, "targets": "all"}, None, "targets vocals, drums, bass, other"),
+        # recorded only by the DataModule (``data.stft``, ``data.channels``): still refused
+        (
+            {"stft": None, "channels": None},
+            {"stft": {"n_fft": 1024, "hop": 256}, "channels": 2},
+            "n_fft=1024, hop=256",
+        ),
+    ],
+    ids=["stft", "stereo", "targets", "datamodule"],
+)
+def test_export_cli_refuses_a_checkpoint_before_building_it(
+    tmp_path, capsys, thesis_checkpoint, model: dict | None, data: dict | None, named: str
+) -> None:
+    # The refusal comes from the checkpoint's recorded setting, before the model is built
+    # (a separator of this build may not even take these hyper-parameters).
+    checkpoint = checkpoint_with(thesis_checkpoint, tmp_path / "paper.ckpt", model, data)
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx"]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {checkpoint}: export supports only the thesis's STFT" in error
+    assert named in error
+    assert not (tmp_path / "paper.onnx").exists()
+
+
+def test_a_single_target_checkpoint_on_four_source_batches_is_supported(
+    tmp_path, thesis_checkpoint
+) -> None:
+    data = {"targets": "all", "channels": 1, "stft": None}
+    checkpoint = checkpoint_with(thesis_checkpoint, tmp_path / "all.ckpt", {"targets": "all"}, data)
+    assert unsupported(checkpoint_setting(checkpoint)) == []

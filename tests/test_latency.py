@@ -149,3 +149,23 @@ def test_provenance_outside_git_and_on_a_restricted_machine(tmp_path) -> None:
         f"commit {record['commit']}, {record['date']}, CPU X (2 of 16 cores usable, a, o), "
         f"load average {record['load_before'][0]:.2f} before and unknown after"
     )
+
+
+def test_latency_refuses_a_paper_config_or_checkpoint(tmp_path) -> None:
+    import yaml
+
+    import lightning_modules.inference.latency as latency
+    from tests.exported_models import checkpoint_with, tiny_checkpoint
+
+    config = yaml.safe_load(latency.BASELINE_CONFIG.read_text())
+    config["data"]["stft"] = {"n_fft": 1024, "hop": 256}
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=f"{paper}: latency supports only the thesis's STFT"):
+        latency.separator_from_config(paper)
+
+    base = tiny_checkpoint(tmp_path / "thesis.ckpt")
+    stereo = checkpoint_with(base, tmp_path / "stereo.ckpt", {"channels": 2})
+    # refused for being stereo, before it is found to have no PSP structure parameters
+    with pytest.raises(ValueError, match=r"stereo\.ckpt: latency .* 2 channels \(stereo"):
+        latency.pruned_candidate(latency.separator_from_config(latency.FINAL_CONFIG), stereo)

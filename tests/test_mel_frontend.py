@@ -40,8 +40,9 @@ class Recorder(nn.Module):
 
 
 def _batch(batch_size: int = 2, frames: int = 8, seed: int = 0) -> dict:
+    """A mono batch as the data module gives it: mixture (B, 1, T), targets (B, 2, 1, T)."""
     generator = torch.Generator().manual_seed(seed)
-    targets = torch.randn(batch_size, 2, chunk_samples(frames), generator=generator)
+    targets = torch.randn(batch_size, 2, 1, chunk_samples(frames), generator=generator)
     return {"mixture": targets.sum(dim=1), "targets": targets}
 
 
@@ -102,7 +103,7 @@ def test_network_sees_mel_magnitudes_and_its_mel_mask_is_interpolated() -> None:
 def test_mel_mask_objective_is_wiener_mask_of_the_true_mel_spectrograms() -> None:
     model = SpectrogramSeparator(Recorder(), objective="mask", mel_bins=64, context_frames=8)
     batch = _batch()
-    mixture, vocals = stft(batch["mixture"]), stft(batch["targets"][:, 0])
+    mixture, vocals = stft(batch["mixture"][:, 0]), stft(batch["targets"][:, 0, 0])
     bank = mel_filterbank(32000, 64)
     mel = linear_to_mel(torch.stack([vocals.abs(), (mixture - vocals).abs()], dim=-3), bank)
     oracle = wiener_like_mask(mel, alpha=2.0)[..., 0, :, :]
@@ -114,7 +115,7 @@ def test_mel_mask_objective_is_wiener_mask_of_the_true_mel_spectrograms() -> Non
 def test_sa_retraining_compares_interpolated_mask_times_mixture_with_the_linear_target() -> None:
     model = SpectrogramSeparator(Recorder(), objective="learned_mask", mel_bins=128)
     batch = _batch()
-    mixture, vocals = stft(batch["mixture"]), stft(batch["targets"][:, 0])
+    mixture, vocals = stft(batch["mixture"][:, 0]), stft(batch["targets"][:, 0, 0])
     linear_mask = mel_to_linear_mask(torch.full((2, 128, 8), 0.5), mel_filterbank(32000, 128))
     expected = torch.mean((linear_mask * mixture.abs() - vocals.abs()) ** 2)
     torch.testing.assert_close(model.training_loss(batch), expected)
@@ -139,7 +140,7 @@ def test_mel_deep_clustering_uses_mel_affinities() -> None:
     )
     model = ChimeraSeparator(net, alpha=0.5, objective="mask", mel_bins=128, context_frames=8)
     batch = _batch()
-    mixture, vocals = stft(batch["mixture"]), stft(batch["targets"][:, 0])
+    mixture, vocals = stft(batch["mixture"][:, 0]), stft(batch["targets"][:, 0, 0])
     heads = model.heads(mixture.abs())
     assert heads["embedding"].shape == (2, 20, 128, 8)
     embeddings, labels, weights = model.clustering_inputs(mixture, vocals, heads["embedding"])
@@ -177,8 +178,8 @@ def test_mel_filterbank_figure_and_oracle_mask_figure_are_written(tmp_path) -> N
     path = mel_filterbank_figure(mel_filterbank(32000, 128), 32000, tmp_path / "mel.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     generator = torch.Generator().manual_seed(0)
-    targets = torch.randn(4, 32000 * 2, generator=generator)  # four MUSDB sources, 2 s
+    targets = torch.randn(4, 1, 32000 * 2, generator=generator)  # four MUSDB sources, 2 s
     batch = {"mixture": targets.sum(0), "targets": targets, "name": "t"}
-    model = OracleMaskSeparator(mel_bins=128)
+    model = OracleMaskSeparator(mel_bins=128, targets="all")
     path = model.plot_masks(batch, tmp_path / "oracle_masks.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.nets import MDenseNet, MMDenseNet
@@ -197,8 +198,9 @@ def test_configurable_variants() -> None:
     net = MDenseNet(1, growth_rates=(8, 8, 8), layers=(2, 2, 2), input_kernel_size=5)
     assert net.scales == 1 and net.out_channels == 8
     assert net(torch.rand(1, 1, 16, 8)).shape == (1, 8, 16, 8)
-    with pytest.raises(ValueError):
-        net(torch.rand(1, 1, 15, 8))
+    assert net(torch.rand(1, 1, 15, 8)).shape == (1, 8, 15, 8)  # padded, then cropped
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net.encode(torch.rand(1, 1, 15, 8))  # encode itself takes divisible sizes only
 
 
 def test_encode_decode_equals_forward() -> None:
@@ -262,3 +264,22 @@ def test_dropout_acts_in_training_only_and_adds_no_parameters() -> None:
     assert not torch.allclose(dropped(x), dropped(x))  # two masks, two outputs
     with pytest.raises(ValueError, match="dropout"):
         MMDenseNet(dropout=1.0)
+
+
+def test_sizes_the_scales_do_not_divide_are_padded_and_cropped() -> None:
+    """An STFT that keeps its DC bin has an odd number of bins (2049 at 4096 points); the
+    bands pad their input with zeros and crop their output, and the thesis's sizes are not
+    padded at all."""
+    torch.manual_seed(0)
+    net = MMDenseNet(in_channels=2, out_channels=8).eval()
+    x = torch.rand(1, 2, 65, 5)
+    with torch.no_grad():
+        out = net(x)
+        padded = F.pad(x[..., 32:, :], (0, 3, 0, 7))  # the high band: 33 bins -> 40, 5 -> 8
+        high = net.high_band.decode(*net.high_band.encode(padded))[..., :33, :5]
+        torch.testing.assert_close(net.high_band(x[..., 32:, :]), high)
+    assert out.shape == (1, 8, 65, 5)
+    assert net.in_channels == 2 and net.out_channels == 8
+    band = net.low_band
+    thesis_sized = torch.rand(1, 2, 512, 8)
+    assert band.pad_input(thesis_sized)[0] is thesis_sized

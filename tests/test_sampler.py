@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodules.conventions import SOURCES, TARGET_SETS, targets_from_sources
-from datamodules.sampler import RandomMixBatches, RandomMixSampler
+from datamodules.sampler import CoherentChunks, ExcerptSampler, RandomMixBatches, RandomMixSampler
 
 CHUNK = 64
 LENGTHS = [CHUNK, 3 * CHUNK + 5, 2 * CHUNK - 1, 5 * CHUNK]
@@ -37,6 +37,13 @@ def _sampler(dtype: torch.dtype = torch.float64, **kwargs) -> RandomMixSampler:
     return RandomMixSampler(audio, offsets, lengths, CHUNK, **kwargs)
 
 
+def _draw(sampler: RandomMixSampler, batch: int, seed: int) -> torch.Tensor:
+    """(batch, sources, chunk) of a mono sampler: its one channel."""
+    out = sampler.sample(batch, torch.Generator().manual_seed(seed))
+    assert out.shape[2] == 1
+    return out[:, :, 0]
+
+
 def _track_of(first: np.ndarray) -> np.ndarray:
     """Track index of every (batch, source) value; asserts it is a track value times a gain in
     [0.25, 1.25] for exactly one track."""
@@ -54,13 +61,13 @@ def _gains(batch: np.ndarray) -> np.ndarray:
 def test_batch_shape_and_dtype() -> None:
     sampler = _sampler(torch.float32)
     batch = sampler.sample(5, torch.Generator().manual_seed(0))
-    assert batch.shape == (5, len(SOURCES), CHUNK)
+    assert batch.shape == (5, len(SOURCES), 1, CHUNK)  # (batch, sources, channels, chunk)
     assert batch.dtype == torch.float32
 
 
 def test_every_chunk_lies_inside_one_track_with_gain_in_range() -> None:
     sampler = _sampler()
-    batch = sampler.sample(400, torch.Generator().manual_seed(1)).numpy()
+    batch = _draw(sampler, 400, 1).numpy()
     first = batch[..., 0]
     # constant over the chunk: no chunk crosses a track boundary
     assert np.array_equal(batch, np.broadcast_to(first[..., None], batch.shape))
@@ -79,7 +86,7 @@ def test_start_positions_cover_exactly_the_valid_ones() -> None:
     total = int(lengths.sum())
     audio = torch.arange(total, dtype=torch.float64).repeat(2, 1)
     sampler = RandomMixSampler(audio, offsets, lengths, chunk, gain_range=(1.0, 1.0))
-    batch = sampler.sample(3000, torch.Generator().manual_seed(0))
+    batch = _draw(sampler, 3000, 0)
     starts = batch[..., 0].long()
     assert torch.equal(batch, starts[..., None] + torch.arange(chunk))
     valid = {
@@ -90,12 +97,12 @@ def test_start_positions_cover_exactly_the_valid_ones() -> None:
 
 def test_gains_within_range() -> None:
     sampler = _sampler()
-    gains = _gains(sampler.sample(500, torch.Generator().manual_seed(2)).numpy())
+    gains = _gains(_draw(sampler, 500, 2).numpy())
     assert gains.min() >= 0.25 - 1e-12
     assert gains.max() <= 1.25 + 1e-12
     assert gains.min() < 0.3 and gains.max() > 1.2  # the whole range is used
     assert len(np.unique(gains)) > 0.9 * gains.size  # one gain per (example, source)
-    custom = _sampler(gain_range=(0.5, 0.75)).sample(200, torch.Generator().manual_seed(2))
+    custom = _draw(_sampler(gain_range=(0.5, 0.75)), 200, 2)
     gains = _gains(custom.numpy())
     assert gains.min() >= 0.5 - 1e-12 and gains.max() <= 0.75 + 1e-12
 
@@ -150,8 +157,8 @@ def test_random_mix_batches_mixture_is_sum_of_targets(targets: str) -> None:
     n_targets = len(TARGET_SETS[targets])
     for item in items:
         assert set(item) == {"mixture", "targets"}
-        assert item["mixture"].shape == (3, CHUNK)
-        assert item["targets"].shape == (3, n_targets, CHUNK)
+        assert item["mixture"].shape == (3, 1, CHUNK)  # (batch, channels, chunk)
+        assert item["targets"].shape == (3, n_targets, 1, CHUNK)
         torch.testing.assert_close(item["mixture"], item["targets"].sum(dim=1))
 
 
@@ -197,3 +204,91 @@ def test_processes_share_one_epoch_under_ddp() -> None:
     single = RandomMixBatches(sampler, batch_size=4, targets="vocals", seed=0)
     shared = RandomMixBatches(sampler, batch_size=4, targets="vocals", seed=0, world_size=4)
     assert len(single) == sampler.batches_per_epoch(4) and len(shared) == len(single) // 4
+
+
+# -- channels, target lists, coherent chunks ------------------------------------------------
+
+
+def test_stereo_chunks_keep_both_channels_with_one_gain_per_source() -> None:
+    audio, offsets, lengths = _constant_tracks()
+    stereo = torch.stack([audio, -2 * audio], dim=1)  # (sources, 2, samples)
+    sampler = RandomMixSampler(stereo, offsets, lengths, CHUNK)
+    batch = sampler.sample(50, torch.Generator().manual_seed(3))
+    assert batch.shape == (50, len(SOURCES), 2, CHUNK)
+    torch.testing.assert_close(batch[:, :, 1], -2 * batch[:, :, 0])
+    # the left channel is what the same draws give on the mono audio
+    mono = RandomMixSampler(audio, offsets, lengths, CHUNK)
+    assert torch.equal(_draw(mono, 50, 3), batch[:, :, 0])
+
+
+def test_batches_of_a_source_list_are_those_sources_in_order() -> None:
+    sampler = _sampler(torch.float32)
+    batch = next(iter(RandomMixBatches(sampler, 4, ["drums", "vocals"], seed=0)))
+    full = next(iter(RandomMixBatches(sampler, 4, "all", seed=0)))
+    assert torch.equal(batch["targets"], full["targets"][:, [1, 0]])
+    assert torch.equal(batch["mixture"], full["mixture"])  # the mix of all four sources
+
+
+def _index_tracks(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(4, 2, samples) where every sample holds its own index (source s adds 0.25 s, the right
+    channel is negated), so a chunk reveals where it was taken."""
+    total = sum(lengths)
+    index = torch.arange(total, dtype=torch.float64)
+    audio = torch.stack([index + 0.25 * s for s in range(len(SOURCES))])
+    stereo = torch.stack([audio, -audio], dim=1)
+    lengths_t = torch.tensor(lengths)
+    return stereo, torch.cumsum(lengths_t, 0) - lengths_t, lengths_t
+
+
+def test_coherent_chunks_show_every_frame_once_per_epoch_at_unit_gain() -> None:
+    stride, chunk = 4, 10  # e.g. 2 frames of hop 4 on a window of 6: chunk = 6 + 4
+    stereo, offsets, lengths = _index_tracks([30, 23])
+    sampler = CoherentChunks(stereo, offsets, lengths, chunk, stride)
+    batches = RandomMixBatches(sampler, batch_size=3, targets="all", seed=1)
+    items = list(batches)
+    assert len(items) == len(batches) == -(-len(sampler.starts) // 3)
+    starts = []
+    for item in items:
+        targets = item["targets"]
+        assert targets.shape[1:] == (4, 2, chunk) and targets.shape[0] <= 3
+        # one position for all sources (the track's own mix) at unit gain: source s holds
+        # sample index + 0.25 s on the left channel, its negative on the right
+        left = targets[:, :, 0]
+        torch.testing.assert_close(
+            left - left[:, :1],
+            torch.full_like(left, 0.25) * torch.arange(4.0, dtype=torch.float64)[:, None],
+        )
+        torch.testing.assert_close(targets[:, :, 1], -left)
+        starts += targets[:, 0, 0, 0].long().tolist()
+    # chunks start on the stride grid of each track and never cross into the next track
+    expected = [0, 4, 8, 12, 16, 20] + [30 + p for p in (0, 4, 8, 12)]
+    assert sorted(starts) == expected
+    assert starts != expected  # shuffled
+    epoch_two = list(RandomMixBatches(sampler, 3, "all", seed=1, epoch=lambda: 1))
+    assert epoch_two[0]["mixture"].shape[1:] == (2, chunk)
+    firsts = [int(i["targets"][0, 0, 0, 0]) for i in epoch_two]
+    assert firsts != [int(i["targets"][0, 0, 0, 0]) for i in items]  # a new order per epoch
+
+
+def test_coherent_chunks_split_one_permutation_between_processes() -> None:
+    stereo, offsets, lengths = _index_tracks([41])
+    sampler = CoherentChunks(stereo, offsets, lengths, chunk=5, stride=5)  # 8 chunks
+    seen = []
+    for rank in range(3):
+        batches = RandomMixBatches(sampler, 2, "vocals", seed=0, rank=rank, world_size=3)
+        assert len(batches) == 1  # 8 // 3 = 2 chunks each, one batch of 2
+        seen += [int(b["targets"][j, 0, 0, 0]) for b in batches for j in range(2)]
+    assert len(set(seen)) == 6  # equal, disjoint shares; the 2 left over are dropped
+
+
+def test_coherent_chunks_refuse_a_track_shorter_than_a_chunk() -> None:
+    stereo, offsets, lengths = _index_tracks([30, 4])
+    with pytest.raises(ValueError, match="shorter than one chunk"):
+        CoherentChunks(stereo, offsets, lengths, chunk=10, stride=4, names=["a", "short"])
+
+
+def test_excerpt_sampler_gives_channels_too() -> None:
+    stereo, _, _ = _index_tracks([40])
+    batch = ExcerptSampler(stereo, chunk=8, shift=1.0).sample(6, torch.Generator().manual_seed(0))
+    assert batch.shape == (6, 4, 2, 8)
+    assert (batch[:, 0, 0, 0] <= 8).all()  # starts within shift * chunk

@@ -19,15 +19,15 @@ def test_excerpt_sampler_without_shift_repeats_one_chunk() -> None:
     audio = torch.arange(4 * 100, dtype=torch.float32).reshape(4, 100)
     sampler = ExcerptSampler(audio, chunk=40, shift=0.0)
     batch = sampler.sample(3, torch.Generator().manual_seed(0))
-    assert batch.shape == (3, 4, 40)
+    assert batch.shape == (3, 4, 1, 40)  # (batch, sources, channels, chunk)
     for example in batch:
-        torch.testing.assert_close(example, audio[:, :40])  # coherent sources, unit gain
+        torch.testing.assert_close(example[:, 0], audio[:, :40])  # coherent sources, unit gain
 
 
 def test_excerpt_sampler_shift_bounds_the_start() -> None:
     audio = torch.arange(100, dtype=torch.float32).repeat(2, 1)
     sampler = ExcerptSampler(audio, chunk=40, shift=0.25)
-    starts = sampler.sample(200, torch.Generator().manual_seed(0))[:, 0, 0]
+    starts = sampler.sample(200, torch.Generator().manual_seed(0))[:, 0, 0, 0]
     assert starts.min() == 0 and starts.max() == 10  # 0.25 * 40 samples of jitter
     with pytest.raises(ValueError, match="fewer than one chunk"):
         ExcerptSampler(audio[:, :30], chunk=40)
@@ -44,7 +44,7 @@ def test_overfit_datamodule_serves_one_excerpt_everywhere(synthetic_dm_kwargs: d
     (track,) = list(data.test_dataloader())
     assert "excerpt" in track["name"] and track["mixture"].shape[-1] == data.hparams.rate
     chunks = data.validation_chunks()["mixture"]
-    torch.testing.assert_close(chunks[0], track["mixture"][: data.chunk])
+    torch.testing.assert_close(chunks[0], track["mixture"][..., : data.chunk])
     with pytest.raises(ValueError, match="not a training track"):
         MUSDBDataModule(**synthetic_dm_kwargs, overfit={"track": "nope"}).overfit_excerpt()
 

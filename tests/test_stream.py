@@ -1,5 +1,6 @@
 """Streaming separation: equal to the offline path, latency bounded by construction, raw PCM
-mode, and ``make separate MODEL=...``."""
+mode, ``make separate MODEL=...``, and the refusal of exports (or checkpoints) in a setting
+the loop cannot run (another STFT, stereo, other targets)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import soundfile as sf
 import torch
 
 from lightning_modules.inference.export import export
+from lightning_modules.inference.graph import METADATA_KEY, ExportInfo
 from lightning_modules.inference.runtime import load_exported
 from lightning_modules.inference.separate import main as separate_main
 from lightning_modules.inference.stream import BlockStream, stream_array, stream_raw
-from tests.exported_models import tiny_separator
+from tests.exported_models import checkpoint_with, tiny_checkpoint, tiny_separator
 
 RATE = 16000
 
@@ -102,3 +104,85 @@ def test_make_separate_with_an_exported_model(exported, tmp_path, capsys) -> Non
     missing = tmp_path / "missing.onnx"
     assert separate_main(["--input", str(song), "--model", str(missing)]) == 2
     assert f"exported model {missing} does not exist" in capsys.readouterr().err
+
+
+# -- only the thesis's setting streams ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"n_fft": 4096, "hop": 1024, "bins": 2048}, "STFT n_fft=4096, hop=1024"),
+        ({"window": "hamming"}, "window=hamming"),
+        ({"keep_dc": True, "bins": 1025}, "DC bin kept"),
+        ({"win_length": 1024}, "win_length=1024"),
+        ({"channels": 2}, "2 channels (stereo; supported: mono)"),
+        ({"target": "drums"}, "target 'drums' (supported: vocals or accompaniment)"),
+        ({"bins": 512}, "512 bins where its STFT has 1024"),
+        ({"window": "blackman"}, "STFT window 'blackman'"),
+    ],
+    ids=["n_fft", "window", "dc", "win_length", "stereo", "target", "bins", "unknown-window"],
+)
+def test_stream_refuses_an_export_it_cannot_run(fields: dict, named: str) -> None:
+    info = ExportInfo(
+        **{"rate": RATE, "frames": 8, "target": "vocals", "source": "paper.ckpt"} | fields
+    )
+    with pytest.raises(ValueError, match="paper.ckpt: streaming") as refused:
+        BlockStream(lambda magnitude: magnitude, info)
+    assert named in str(refused.value)
+
+
+def test_metadata_of_older_exports_reads_as_the_thesis_setting() -> None:
+    # files written before the STFT and channel fields existed carry none of them
+    old = '{"rate": 32000, "frames": 8, "target": "vocals", "n_fft": 2048, "hop": 512}'
+    info = ExportInfo.from_json(old, "old.onnx")
+    assert (info.window, info.win_length, info.keep_dc, info.channels) == ("hann", None, False, 1)
+    assert BlockStream(lambda magnitude: magnitude, info).span == 2048 + 7 * 512
+
+
+def test_make_separate_refuses_a_stereo_export_before_reading_the_song(tmp_path, capsys) -> None:
+    # a TorchScript file whose metadata says stereo (the exporter itself never writes one)
+    path = tmp_path / "stereo.pt"
+    info = ExportInfo(rate=RATE, frames=8, target="vocals", channels=2)
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path), {METADATA_KEY: info.to_json()})
+    song = tmp_path / "not-read.wav"  # does not exist: the refusal must come first
+    assert separate_main(["--input", str(song), "--model", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {path}: streaming supports only the thesis's STFT, mono audio" in error
+    assert "2 channels (stereo" in error
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "named"),
+    [
+        ({"channels": 2}, None, "2 channels (stereo"),
+        ({"channels": None}, {"channels": 2}, "2 channels (stereo"),  # the data's only
+        ({"multi_target": True, "targets": "all"}, None, "targets vocals, drums, bass, other"),
+    ],
+    ids=["stereo", "stereo-data", "four-targets"],
+)
+def test_make_separate_refuses_a_stereo_or_multi_target_checkpoint(
+    tmp_path, capsys, model: dict | None, data: dict | None, named: str
+) -> None:
+    # make separate reads mono and writes vocals + accompaniment; a checkpoint separates with
+    # its own STFT, so only channels and targets are checked for it
+    base = tiny_checkpoint(tmp_path / "thesis.ckpt")
+    checkpoint = checkpoint_with(base, tmp_path / "paper.ckpt", model, data)
+    song = tmp_path / "not-read.wav"
+    assert separate_main(["--input", str(song), "--checkpoint", str(checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {checkpoint}: make separate supports only mono audio and one target" in error
+    assert named in error
+
+
+def test_make_separate_with_a_checkpoint_allows_its_own_stft(tmp_path, capsys) -> None:
+    from lightning_modules.inference.separate import separate_file
+
+    song = tmp_path / "song.wav"
+    sf.write(song, _mixture(0.5), RATE)
+    separator = tiny_separator(rate=RATE, stft={"n_fft": 1024, "hop": 256})  # its own STFT
+    written = separate_file(separator, song, tmp_path / "out")
+    assert sorted(written) == ["accompaniment", "vocals"]
+    stereo = tiny_separator(rate=RATE, channels=2, net_channels=(2, 2))
+    with pytest.raises(ValueError, match="SpectrogramSeparator: make separate supports only mono"):
+        separate_file(stereo, song, tmp_path / "out")

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from datamodules.conventions import N_FFT
 from lightning_modules.dsp.spectral import linear_to_mel, mel_filterbank, mel_to_linear_mask
 
 
 class MelFrontEnd(nn.Module):
-    """``F_Mel`` (librosa, Slaney, peak 1; DC column dropped) as a non-persistent buffer: it
-    follows the model's device, and checkpoints do not carry a constant derived from
-    ``(rate, n_mels)``."""
+    """``F_Mel`` (librosa, Slaney, peak 1) for the row's STFT (``n_fft``; the DC column dropped
+    unless ``keep_dc``, so its columns are the spectrogram's bins) as a non-persistent buffer:
+    it follows the model's device, and checkpoints do not carry a constant derived from
+    ``(rate, n_mels, n_fft)``."""
 
-    def __init__(self, rate: int, n_mels: int) -> None:
+    def __init__(self, rate: int, n_mels: int, n_fft: int = N_FFT, keep_dc: bool = False) -> None:
         super().__init__()
         if n_mels < 1:
             raise ValueError(f"n_mels must be >= 1, got {n_mels}")
         self.n_mels = n_mels
-        self.register_buffer("filterbank", mel_filterbank(rate, n_mels), persistent=False)
+        bank = mel_filterbank(rate, n_mels, n_fft, drop_dc=not keep_dc)
+        self.register_buffer("filterbank", bank, persistent=False)
 
     def to_mel(self, magnitude: Tensor) -> Tensor:
         """``(..., F, T)`` linear magnitudes -> ``(..., n_mels, T)`` (eq. 5.1)."""

@@ -6,6 +6,10 @@ Conventions follow the MMDenseNet thesis (Sections 2.4, 3.3.2, 4.2 and 5.2):
 * The DC bin is dropped (it "carries no exploitable information"), so spectrograms have
   ``n_fft // 2 = 1024`` bins: index ``k`` holds FFT bin ``k + 1`` and the last index is Nyquist.
   :func:`istft` puts a zero DC bin back.
+* The companion papers use other STFTs (``datamodules.conventions.STFTConfig``): a Hamming
+  window, a window shorter than ``n_fft`` (zero-padded on both sides, as ``torch.stft`` does),
+  the DC bin kept (``n_fft // 2 + 1`` bins; nothing dropped, nothing restored). ``stft`` and
+  ``istft`` take these as keywords, ``stft_kwargs(config)`` spells them for a config.
 * Masks are real, multiply the complex mixture STFT (eq. 2.12) and reuse the mixture phase.
 * Mel filter banks are librosa's Slaney-style, un-normalised (peak 1) triangles, used both to
   compress magnitudes (eq. 5.1) and, transposed, to interpolate Mel masks back (eq. 5.2).
@@ -24,15 +28,18 @@ import torch
 from torch import Tensor
 
 # The framing is shared with the data (chunk lengths): one definition, on the lowest floor.
-from datamodules.conventions import HOP, N_FFT, chunk_samples
+from datamodules.conventions import HOP, N_FFT, WINDOWS, STFTConfig, chunk_samples
 
 __all__ = [
     "N_FFT",
     "HOP",
+    "STFTConfig",
     "chunk_samples",
     "stft",
     "istft",
+    "stft_kwargs",
     "wiener_like_mask",
+    "ideal_ratio_mask",
     "ideal_amplitude_mask",
     "phase_sensitive_mask",
     "truncated_phase_sensitive_mask",
@@ -48,57 +55,101 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _window(n_fft: int, like: Tensor) -> Tensor:
-    """Periodic Hann window on ``like``'s device with its real dtype (COLA at hop n_fft/4)."""
+def _window(length: int, like: Tensor, window: str = "hann") -> Tensor:
+    """Periodic analysis window on ``like``'s device with its real dtype (Hann: COLA at hop
+    n_fft/4). ``torch.stft`` zero-pads a window shorter than ``n_fft`` on both sides."""
+    if window not in WINDOWS:
+        raise ValueError(f"STFT window {window!r}: expected one of {WINDOWS}")
     dtype = like.real.dtype if like.is_complex() else like.dtype
-    return torch.hann_window(n_fft, periodic=True, dtype=dtype, device=like.device)
+    make = torch.hann_window if window == "hann" else torch.hamming_window
+    return make(length, periodic=True, dtype=dtype, device=like.device)
 
 
-def stft(x: Tensor, n_fft: int = N_FFT, hop: int = HOP, center: bool = False) -> Tensor:
-    """Complex STFT ``(..., T) -> (..., n_fft // 2, frames)`` without the DC bin.
+def stft_kwargs(config: STFTConfig) -> dict:
+    """The keywords of :func:`stft` and :func:`istft` for one ``STFTConfig``."""
+    return {
+        "n_fft": config.n_fft,
+        "hop": config.hop,
+        "window": config.window,
+        "win_length": config.win_length,
+        "keep_dc": config.keep_dc,
+    }
+
+
+def stft(
+    x: Tensor,
+    n_fft: int = N_FFT,
+    hop: int = HOP,
+    center: bool = False,
+    *,
+    window: str = "hann",
+    win_length: int | None = None,
+    keep_dc: bool = False,
+) -> Tensor:
+    """Complex STFT ``(..., T) -> (..., n_fft // 2, frames)`` without the DC bin
+    (``(..., n_fft // 2 + 1, frames)`` with ``keep_dc``).
 
     ``center=False`` (training chunks) gives ``1 + (T - n_fft) // hop`` frames, i.e. exactly
     ``frames`` for ``T = chunk_samples(frames)``. ``center=True`` (full tracks) zero-pads
     ``n_fft // 2`` on both sides, gives ``1 + T // hop`` frames and is what :func:`istft` inverts.
     Zero padding rather than reflection keeps track edges silent instead of inventing audio.
+    ``window`` ("hann" or "hamming", periodic) of ``win_length`` samples (default ``n_fft``).
     """
     lead, length = x.shape[:-1], x.shape[-1]
+    win = win_length or n_fft
     spec = torch.stft(
         x.reshape(-1, length),
         n_fft=n_fft,
         hop_length=hop,
-        win_length=n_fft,
-        window=_window(n_fft, x),
+        win_length=win,
+        window=_window(win, x, window),
         center=center,
         pad_mode="constant",
         normalized=False,
         onesided=True,
         return_complex=True,
     )
-    spec = spec[:, 1:, :]  # drop DC
+    if not keep_dc:
+        spec = spec[:, 1:, :]  # drop DC
     return spec.reshape(*lead, *spec.shape[-2:])
 
 
-def istft(X: Tensor, length: int, n_fft: int = N_FFT, hop: int = HOP) -> Tensor:
-    """Inverse of :func:`stft` with ``center=True``: ``(..., n_fft // 2, frames) -> (..., length)``.
+def istft(
+    X: Tensor,
+    length: int,
+    n_fft: int = N_FFT,
+    hop: int = HOP,
+    *,
+    window: str = "hann",
+    win_length: int | None = None,
+    keep_dc: bool = False,
+) -> Tensor:
+    """Inverse of :func:`stft` with ``center=True``: ``(..., n_fft // 2, frames) -> (..., length)``
+    (``n_fft // 2 + 1`` bins with ``keep_dc``, taken as they are).
 
-    A zero DC bin is put back first, so anything the dropped DC bin held is lost: signals with no
-    content in the DC bin's main lobe (below ~2 bins, 31 Hz at 32 kHz) round-trip exactly, a
-    constant offset ``c`` comes back as ``c / 3`` (Hann leakage into bin 1 survives).
+    Without ``keep_dc`` a zero DC bin is put back first, so anything the dropped DC bin held is
+    lost: signals with no content in the DC bin's main lobe (below ~2 bins, 31 Hz at 32 kHz)
+    round-trip exactly, a constant offset ``c`` comes back as ``c / 3`` (Hann leakage into bin 1
+    survives). With ``keep_dc`` every signal round-trips.
     """
     if not X.is_complex():
         raise TypeError("istft expects a complex spectrogram")
     lead, (bins, frames) = X.shape[:-2], X.shape[-2:]
-    if bins != n_fft // 2:
-        raise ValueError(f"expected {n_fft // 2} frequency bins (DC dropped), got {bins}")
+    expected = n_fft // 2 + int(keep_dc)
+    if bins != expected:
+        kept = "kept" if keep_dc else "dropped"
+        raise ValueError(f"expected {expected} frequency bins (DC {kept}), got {bins}")
     flat = X.reshape(-1, bins, frames)
-    dc = flat.new_zeros(flat.shape[0], 1, frames)
+    if not keep_dc:
+        dc = flat.new_zeros(flat.shape[0], 1, frames)
+        flat = torch.cat([dc, flat], dim=1)
+    win = win_length or n_fft
     y = torch.istft(
-        torch.cat([dc, flat], dim=1),
+        flat,
         n_fft=n_fft,
         hop_length=hop,
-        win_length=n_fft,
-        window=_window(n_fft, X),
+        win_length=win,
+        window=_window(win, X, window),
         center=True,
         normalized=False,
         onesided=True,
@@ -126,6 +177,14 @@ def wiener_like_mask(magnitudes: Tensor, alpha: float = 2.0, eps: float = 1e-8) 
     n_sources = power.shape[-3]
     total = power.sum(dim=-3, keepdim=True)
     return (power + eps / n_sources) / (total + eps)
+
+
+def ideal_ratio_mask(magnitudes: Tensor, eps: float = 1e-8) -> Tensor:
+    """Ideal ratio masks ``|Y_n| / sum_m |Y_m|``, sources on dim ``-3``: the IRM of SiSEC's
+    oracles (sigsep's "IRM1"), i.e. :func:`wiener_like_mask` with ``alpha=1``. ``magnitudes``
+    must hold every component of the mixture (add the residual of a partial target set) so that
+    the masks of the targets do not take what belongs to the rest."""
+    return wiener_like_mask(magnitudes, alpha=1.0, eps=eps)
 
 
 def ideal_amplitude_mask(source: Tensor, mixture: Tensor, eps: float = 1e-8) -> Tensor:

@@ -2,6 +2,10 @@
 
 Conventions (thesis Sec. 2.3.1, SiSEC 2018 / museval v4):
 
+* Shapes: references and estimates are ``(n_targets, T)`` mono or ``(n_targets, C, T)``
+  multichannel arrays; museval evaluates ``(nsrc, nsamples, nchan)``, every channel of a target
+  together (one SDR per target and frame). A single channel (C = 1) is evaluated exactly as a
+  mono array.
 * BSS Eval v4: time-invariant 512-tap distortion filters fitted on the whole track, metrics
   computed on non-overlapping windows of ``win_seconds`` (window = hop), per-track value is the
   median over frames. museval sets every metric of a frame to NaN when any reference or estimate
@@ -123,10 +127,10 @@ def _validate_inputs(
     where = f"track {track_name!r}"
     references = np.asarray(references)
     estimates = np.asarray(estimates)
-    if references.ndim != 2 or estimates.ndim != 2:
+    if references.ndim not in (2, 3) or estimates.ndim not in (2, 3):
         raise ValueError(
-            f"{where}: references and estimates must be (n_targets, T) mono arrays, got shapes "
-            f"{references.shape} and {estimates.shape}"
+            f"{where}: references and estimates must be (n_targets, T) or (n_targets, C, T) "
+            f"arrays, got shapes {references.shape} and {estimates.shape}"
         )
     if references.shape != estimates.shape:
         raise ValueError(
@@ -147,9 +151,9 @@ def _validate_inputs(
             names = [target_names[r] for r in rows]
             raise ValueError(f"{where}: {label} contain NaN/inf (targets {names})")
     win = _window_samples(rate, win_seconds)
-    if references.shape[1] < win:
+    if references.shape[-1] < win:
         raise ValueError(
-            f"{where}: {references.shape[1]} samples is fewer than one evaluation window "
+            f"{where}: {references.shape[-1]} samples is fewer than one evaluation window "
             f"({win} samples = {win_seconds} s at {rate} Hz)"
         )
     return win
@@ -191,14 +195,15 @@ def _target_medians(target: Mapping[str, Any], metrics: Sequence[str]) -> dict[s
 
 
 def frame_energy_db(signal: np.ndarray, rate: int, win_seconds: float = 1.0) -> np.ndarray:
-    """Per-frame energy ``10*log10(sum(x**2) + 1e-12)`` in the evaluation frames (PES/EPS unit)."""
+    """Per-frame energy ``10*log10(sum(x**2) + 1e-12)`` in the evaluation frames (PES/EPS unit)
+    of a mono (T,) signal, or of a (C, T) one summed over its channels."""
     signal = np.asarray(signal, dtype=np.float64)
-    if signal.ndim != 1:
-        raise ValueError(f"expected a mono (T,) signal, got shape {signal.shape}")
+    if signal.ndim not in (1, 2):
+        raise ValueError(f"expected a (T,) or (C, T) signal, got shape {signal.shape}")
     win = _window_samples(rate, win_seconds)
-    if signal.shape[0] < win:
-        raise ValueError(f"{signal.shape[0]} samples is fewer than one window ({win} samples)")
-    energy = np.array([np.sum(signal[sl] ** 2) for sl in _frames(signal.shape[0], win)])
+    if signal.shape[-1] < win:
+        raise ValueError(f"{signal.shape[-1]} samples is fewer than one window ({win} samples)")
+    energy = np.array([np.sum(signal[..., sl] ** 2) for sl in _frames(signal.shape[-1], win)])
     return 10.0 * np.log10(energy + ENERGY_FLOOR)
 
 
@@ -227,7 +232,8 @@ def silence_scores(
     so with ``silence_threshold_db=None`` every frame BSS Eval leaves NaN because this target's
     reference or estimate is silent is scored by PES or EPS.
     Returns ``PES``/``EPS`` (NaN when no such frame) and the frame counts ``n_frames``,
-    ``n_pes_frames``, ``n_eps_frames``.
+    ``n_pes_frames``, ``n_eps_frames``. A (C, T) signal's frame is silent when all its channels
+    are, and its energy is summed over them.
     """
     if np.shape(reference) != np.shape(estimate):
         raise ValueError(
@@ -237,11 +243,11 @@ def silence_scores(
     est_db = frame_energy_db(estimate, rate, win_seconds)
     if silence_threshold_db is None:
         win = _window_samples(rate, win_seconds)
-        frames = _frames(len(reference), win)
         ref = np.asarray(reference)
         est = np.asarray(estimate)
-        ref_silent = np.array([not np.any(ref[sl]) for sl in frames])
-        est_silent = np.array([not np.any(est[sl]) for sl in frames])
+        frames = _frames(ref.shape[-1], win)
+        ref_silent = np.array([not np.any(ref[..., sl]) for sl in frames])
+        est_silent = np.array([not np.any(est[..., sl]) for sl in frames])
     else:
         ref_silent = ref_db < silence_threshold_db
         est_silent = est_db < silence_threshold_db
@@ -275,15 +281,17 @@ def check_bss_conditioning(
     power spectrum, so references with no energy near Nyquist (e.g. a steep anti-alias
     resampler such as librosa's default soxr_hq, 44.1k -> 32k) make it singular to float64
     precision: SDR still looks fine, SIR/SAR/ISR do not. Costs one 1024x1024 eigvalsh for two
-    targets. Returns inf when a reference is all zero.
+    mono targets (the matrix has n_targets x C x 512 rows). Returns inf when a reference is all
+    zero. ``references`` is (n_targets, T) or (n_targets, C, T).
     """
     refs = np.asarray(references, dtype=np.float64)
-    if refs.ndim != 2:
-        raise ValueError(f"references must be (n_targets, T), got shape {refs.shape}")
-    if not np.all(np.any(refs != 0, axis=1)):
+    if refs.ndim not in (2, 3):
+        raise ValueError(f"references must be (n_targets, [C,] T), got shape {refs.shape}")
+    if not np.all(np.any(refs.reshape(len(refs), -1) != 0, axis=1)):
         return float("inf")
+    museval_refs = refs[..., None] if refs.ndim == 2 else np.moveaxis(refs, 1, 2)
     # The exact matrix museval builds (private helpers, stable since museval 0.2).
-    gram, _ = museval_metrics._compute_reference_correlations(refs[..., None], BSS_FILTER_LEN)
+    gram, _ = museval_metrics._compute_reference_correlations(museval_refs, BSS_FILTER_LEN)
     eig = np.linalg.eigvalsh(museval_metrics._reshape_G(gram))
     # 3 significant digits: the trailing ones depend on BLAS threading, not on the signals
     condition = float(f"{eig[-1] / eig[0]:.3g}") if eig[0] > 0 else float("inf")
@@ -318,8 +326,9 @@ def evaluate_track(
 ) -> dict[str, Any]:
     """BSS Eval v4 of one track in museval's per-track JSON format, plus PES/EPS and medians.
 
-    ``references``/``estimates`` are ``(n_targets, T)`` mono arrays in ``target_names`` order.
-    All targets are evaluated together (SIR needs the other references). Returns::
+    ``references``/``estimates`` are ``(n_targets, T)`` mono or ``(n_targets, C, T)`` arrays in
+    ``target_names`` order (C = 1 is evaluated as mono). All targets, and all channels, are
+    evaluated together (SIR needs the other references). Returns::
 
         {"name", "targets": [{"name", "frames": [{"time", "duration",
                                                   "metrics": {"SDR", "SIR", "SAR", "ISR"}}],
@@ -335,17 +344,25 @@ def evaluate_track(
     win = _validate_inputs(track_name, references, estimates, rate, target_names, win_seconds)
     refs = np.asarray(references, dtype=np.float64)
     ests = np.asarray(estimates, dtype=np.float64)
-    n_targets, n_samples = refs.shape
+    if refs.ndim == 3 and refs.shape[1] == 1:  # one channel: exactly the mono evaluation
+        refs, ests = refs[:, 0], ests[:, 0]
+    n_targets, n_samples = refs.shape[0], refs.shape[-1]
     n_frames = len(_frames(n_samples, win))
 
-    any_silent_row = not (np.all(np.any(refs != 0, axis=1)) and np.all(np.any(ests != 0, axis=1)))
-    if any_silent_row:
+    def any_silent(x: np.ndarray) -> bool:
+        return not np.all(np.any(x.reshape(n_targets, -1) != 0, axis=1))
+
+    if any_silent(refs) or any_silent(ests):
         # museval.metrics.validate() rejects all-zero sources; its per-frame rule makes every
         # frame NaN for every target anyway.
         scores = np.full((4, n_targets, n_frames), np.nan)
     else:
+        # museval's layout: (nsrc, nsamples, nchan)
+        def layout(x: np.ndarray) -> np.ndarray:
+            return x[..., None] if x.ndim == 2 else np.moveaxis(x, 1, 2)
+
         sdr, isr, sir, sar = museval.evaluate(
-            refs[..., None], ests[..., None], win=win, hop=win, mode="v4", padding=False
+            layout(refs), layout(ests), win=win, hop=win, mode="v4", padding=False
         )
         scores = np.stack([sdr, isr, sir, sar])
     condition = (

@@ -20,6 +20,11 @@ Before export the network is made an inference network:
 The export is checked against the PyTorch model on random input before it is written: it is
 written beside the output under a temporary name, checked, then renamed, so a failed export or
 check never deletes or truncates an existing output file.
+
+Only the thesis's setting is exported: the default ``STFTConfig``, mono, one estimated target
+(``support.py``); a model (or checkpoint) with another STFT, stereo input or several targets
+is refused with an error that names what is unsupported, because the streaming loop that runs
+the graph frames and writes exactly that setting.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from datamodules.conventions import N_FFT
 from datamodules.files import atomic_path
 from lightning_modules.inference.graph import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportInfo
 from lightning_modules.inference.runtime import load_exported
+from lightning_modules.inference.support import (
+    checkpoint_setting,
+    model_setting,
+    require_thesis_setting,
+)
 from lightning_modules.nets.fold import fold_batchnorm
 from lightning_modules.nets.pruning import has_psp, remove_pruned_channels
 from lightning_modules.separators.checkpoint import load_separator
@@ -86,6 +96,9 @@ def inference_pipeline(
     separator: SpectrogramSeparator, frames: int | None = None, source: str = ""
 ) -> tuple[SpectralPipeline, ExportInfo]:
     """The exportable pipeline of ``separator`` (left untouched) and its metadata."""
+    # First: a stereo or several-target model is refused for that reason, whatever its class.
+    setting = model_setting(separator)
+    require_thesis_setting(setting, "export", source or type(separator).__name__)
     if not isinstance(separator, SpectrogramSeparator):
         raise ValueError(
             f"{source or type(separator).__name__}: only spectrogram/mask models "
@@ -114,6 +127,13 @@ def inference_pipeline(
         folded_batchnorms=folded,
         pruned=pruned,
         source=source,
+        n_fft=setting.stft.n_fft,
+        hop=setting.stft.hop,
+        bins=setting.stft.bins,
+        win_length=setting.stft.win_length,
+        window=setting.stft.window,
+        keep_dc=setting.stft.keep_dc,
+        channels=setting.channels,
     )
     return SpectralPipeline(model).eval(), info
 
@@ -215,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path(args.checkpoint).with_suffix(SUFFIXES[args.format]))
     start = time.perf_counter()
     try:
+        # from the checkpoint's hyper-parameters first: refused before any model is built
+        require_thesis_setting(checkpoint_setting(args.checkpoint), "export", args.checkpoint)
         separator = load_separator(args.checkpoint)
         print(f"exporting {args.checkpoint} -> {out} ({args.format}) ...", flush=True)
         path, info = export(separator, out, args.format, args.frames, str(args.checkpoint))

@@ -12,7 +12,8 @@ speed-up against the baseline with the same runtime and threads, real-time facto
 (block time / the 128 ms of new audio per block), the thesis's targets, and where they were
 measured: commit, date, machine, and the load before and after (``datamodules.provenance``).
 Weights are untrained (latency does not depend on them); the JSON says how each model's
-structure was obtained.
+structure was obtained. Like export and streaming, it times the thesis's setting only: a
+config or checkpoint with another STFT, stereo input or several targets is refused.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import numpy as np
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from torch.utils.flop_counter import FlopCounterMode
 
-from datamodules.conventions import N_FFT
 from datamodules.files import write_atomic
 from datamodules.provenance import load_average, markdown_line, provenance
 from lightning_modules.inference.export import (
@@ -42,8 +41,14 @@ from lightning_modules.inference.export import (
     inference_pipeline,
 )
 from lightning_modules.inference.runtime import OnnxModel, TorchScriptModel, torch_threads
-from lightning_modules.inference.stats import count_macs
+from lightning_modules.inference.stats import count_call_macs, count_macs
 from lightning_modules.inference.stream import BlockStream
+from lightning_modules.inference.support import (
+    checkpoint_setting,
+    config_setting,
+    model_setting,
+    require_thesis_setting,
+)
 from lightning_modules.nets.pruning import (
     get_threshold,
     has_psp,
@@ -83,6 +88,7 @@ def separator_from_config(
     if not path.is_file():
         raise FileNotFoundError(f"experiment config {path} does not exist")
     config = yaml.safe_load(path.read_text())
+    require_thesis_setting(config_setting(config), "latency", str(path))
     model = dict(config["model"])
     model["init_args"] = {
         **model.get("init_args", {}),
@@ -104,8 +110,9 @@ def net_macs(separator: SpectrogramSeparator) -> int:
     net = separator.net
     net = remove_pruned_channels(net) if has_psp(net) else net
     net = net.inference_net() if hasattr(net, "inference_net") else net
-    bins = separator.front_end.n_mels if separator.front_end is not None else N_FFT // 2
-    return count_macs(net, FRAMES, bins)
+    setting = model_setting(separator)
+    bins = separator.front_end.n_mels if separator.front_end is not None else setting.stft.bins
+    return count_macs(net, FRAMES, bins, setting.channels)
 
 
 def prune_to_thesis_macs(separator: SpectrogramSeparator, unpruned_macs: int) -> float:
@@ -125,6 +132,8 @@ def pruned_candidate(final: SpectrogramSeparator, checkpoint: Path | None) -> Ca
     """The final model with PSP: a trained PSP run's checkpoint when given, else the final
     model's structure pruned at random to the thesis's MAC reduction."""
     if checkpoint is not None:
+        # from the checkpoint's hyper-parameters: refused before the model is built
+        require_thesis_setting(checkpoint_setting(checkpoint), "latency", str(checkpoint))
         separator = load_separator(checkpoint)
         if not has_psp(separator.net):
             raise ValueError(f"{checkpoint} has no PSP structure parameters")
@@ -173,9 +182,7 @@ def candidates(pruned_checkpoint: Path | None = None) -> tuple[list[Candidate], 
 
 def pipeline_macs(pipeline: SpectralPipeline, bins: int) -> int:
     """MACs of one block through the whole pipeline (net, Mel projections, mask)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        pipeline(torch.zeros(1, bins, FRAMES))
-    return counter.get_total_flops() // 2
+    return count_call_macs(pipeline, torch.zeros(1, bins, FRAMES))
 
 
 def runners(

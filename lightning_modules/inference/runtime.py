@@ -53,6 +53,7 @@ class OnnxModel:
             )
         self.info = ExportInfo.from_json(metadata, str(path))
         self.threads = threads
+        self.path = path
 
     def __call__(self, magnitude: np.ndarray) -> np.ndarray:
         feed = {INPUT_NAME: np.ascontiguousarray(magnitude, dtype=np.float32)}
@@ -72,6 +73,7 @@ class TorchScriptModel:
             )
         self.info = ExportInfo.from_json(files[METADATA_KEY], str(path))
         self.threads = threads
+        self.path = path
 
     def __call__(self, magnitude: np.ndarray) -> np.ndarray:
         with torch_threads(self.threads), torch.inference_mode():

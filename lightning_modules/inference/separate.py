@@ -5,6 +5,10 @@
 ``DIR/<song>_accompaniment.wav`` at the input's sample rate (mono, as the models are).
 ``--model model.onnx`` (``make separate IN=... MODEL=...``) instead streams the song through an
 exported model (``make export``) in blocks, as ``lightning_modules.inference.stream`` does.
+
+Both read mono audio and write vocals and accompaniment: a stereo model or one with several
+targets is refused (naming what is unsupported). A checkpoint separates with its own STFT;
+an exported model streams with the thesis's only (``stream.require_streamable``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ import torch
 from datamodules.cache import RESAMPLER
 from lightning_modules.inference.audio import read_audio
 from lightning_modules.inference.stream import separate_file as stream_file
+from lightning_modules.inference.support import (
+    checkpoint_setting,
+    model_setting,
+    require_thesis_setting,
+)
 from lightning_modules.separators.checkpoint import load_separator
 from lightning_modules.separators.separator import Separator
 
@@ -28,6 +37,7 @@ from lightning_modules.separators.separator import Separator
 @torch.no_grad()
 def separate_file(model: Separator, input_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Separate one file; returns the written paths by source name."""
+    require_thesis_setting(model_setting(model), "make separate", type(model).__name__, stft=False)
     mono, rate = read_audio(input_path)
     if rate != model.rate:
         mono = librosa.resample(mono, orig_sr=rate, target_sr=model.rate, res_type=RESAMPLER)
@@ -59,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.model is not None:
             written = stream_file(args.model, args.input, args.out)
         else:
+            # from the checkpoint's hyper-parameters: refused before the model is built
+            setting = checkpoint_setting(args.checkpoint)
+            require_thesis_setting(setting, "make separate", args.checkpoint, stft=False)
             written = separate_file(load_separator(args.checkpoint), args.input, args.out)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -16,6 +16,10 @@ the offline path's zero padding, so streaming a file equals the offline separati
 ``python -m lightning_modules.inference.stream --model model.onnx --input song.wav --out DIR``
 writes the two stems; ``--raw f32le|s16le`` reads mono PCM at the model's rate from stdin and
 writes interleaved (vocals, accompaniment) PCM to stdout as it is produced.
+
+Only the thesis's setting streams (the framing above is that STFT, the output those two mono
+signals): an export whose metadata names another STFT, more than one channel or a target other
+than vocals/accompaniment is refused with an error naming what is unsupported.
 """
 
 from __future__ import annotations
@@ -31,8 +35,32 @@ import numpy as np
 
 from lightning_modules.inference.graph import ExportInfo
 from lightning_modules.inference.runtime import load_exported
+from lightning_modules.inference.support import (
+    THESIS_TARGETS,
+    SignalSetting,
+    require_thesis_setting,
+)
 
 RAW_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+
+
+def require_streamable(info: ExportInfo, source: str = "") -> None:
+    """Refuse an export this loop would run wrongly: another STFT than the thesis's (it frames
+    with a periodic Hann of ``n_fft`` and drops the DC bin), more than one channel, or a target
+    that is neither vocals nor accompaniment (it writes exactly those two)."""
+    where = source or info.source or "exported model"
+    try:
+        stft = info.stft
+    except ValueError as error:  # e.g. a window STFTConfig does not know
+        raise ValueError(f"{where}: streaming cannot run this export: {error}") from error
+    reasons = []
+    if info.target not in THESIS_TARGETS:
+        reasons.append(f"target {info.target!r} (supported: vocals or accompaniment)")
+    if info.bins != stft.bins:
+        reasons.append(f"{info.bins} bins where its STFT has {stft.bins}")
+    if reasons:
+        raise ValueError(f"{where}: streaming cannot run this export: {'; '.join(reasons)}")
+    require_thesis_setting(SignalSetting(stft, info.channels), "streaming", where)
 
 
 class BlockStream:
@@ -44,6 +72,7 @@ class BlockStream:
     """
 
     def __init__(self, model: Callable[[np.ndarray], np.ndarray], info: ExportInfo) -> None:
+        require_streamable(info, str(getattr(model, "path", "") or ""))
         self.model, self.info = model, info
         self.n_fft, self.hop, self.frames = info.n_fft, info.hop, info.frames
         self.step = self.frames * self.hop  # new samples per block
@@ -161,6 +190,7 @@ def separate_file(model_path: str | Path, input_path: str | Path, out_dir: str |
 
     model = load_exported(model_path)
     info = model.info
+    require_streamable(info, str(model_path))  # before the song is read and resampled
     mono, rate = read_audio(input_path)
     if rate != info.rate:
         mono = librosa.resample(mono, orig_sr=rate, target_sr=info.rate, res_type=RESAMPLER)

@@ -188,8 +188,10 @@ class MDenseNet(nn.Module):
     """Multi-scale DenseNet: a U-Net of dense blocks (one band of the MMDenseNet).
 
     ``growth_rates`` and ``layers`` list one entry per dense block in order encoder ->
-    bottleneck -> decoder, so ``2 * s + 1`` entries for ``s`` scales. The input spatial size
-    must be divisible by ``2 ** s``. Output channels equal the last growth rate.
+    bottleneck -> decoder, so ``2 * s + 1`` entries for ``s`` scales. ``encode`` needs a
+    spatial size divisible by ``2 ** s``; ``forward`` zero-pads any other size up to one
+    (bins and frames at their ends) and crops the output back (an STFT with its DC bin has an
+    odd number of bins). Output channels equal the last growth rate.
 
     ``n_decoders > 1`` adds independent decoders (same configuration) on the shared encoder,
     for multi-task heads split after the encoder (thesis Section 4.3). Decoder 0 keeps the
@@ -305,8 +307,18 @@ class MDenseNet(nn.Module):
             out = block(torch.cat([up(out), skip], dim=1))
         return out
 
+    def pad_input(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``x`` zero-padded to a size ``encode`` takes, and its own (bins, frames). A size
+        that needs no padding returns ``x`` itself (the thesis's sizes run unchanged)."""
+        factor = 2**self.scales
+        size = (x.shape[-2], x.shape[-1])
+        pad_f, pad_t = (-size[0]) % factor, (-size[1]) % factor
+        return (F.pad(x, (0, pad_t, 0, pad_f)) if pad_f or pad_t else x), size
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(*self.encode(x))
+        padded, (bins, frames) = self.pad_input(x)
+        out = self.decode(*self.encode(padded))
+        return out if padded is x else out[..., :bins, :frames]
 
     def decoder_view(self, index: int = 0) -> MDenseNet:
         """A single-decoder ``MDenseNet`` sharing this net's encoder and decoder ``index``.
@@ -394,6 +406,9 @@ class MMDenseNet(nn.Module):
         self.output_activation = output_activation
         self.split_bin = split_bin
         self.n_decoders = n_decoders
+        # what a separator checks against the data's channels and its targets
+        self.in_channels = in_channels
+        self.out_channels = out_channels
 
         def build(cfg: BandConfig | None) -> MDenseNet | None:
             if cfg is None:
@@ -456,8 +471,10 @@ class MMDenseNet(nn.Module):
         def run(net: MDenseNet, inp: Tensor) -> list[Tensor]:
             if list(decoder_indices) == [0]:
                 return [net(inp)]  # a module call, so forward hooks on the bands still fire
-            bottleneck, skips = net.encode(inp)
-            return [net.decode(bottleneck, skips, i) for i in decoder_indices]
+            padded, (bins, frames) = net.pad_input(inp)
+            bottleneck, skips = net.encode(padded)
+            outs = [net.decode(bottleneck, skips, i) for i in decoder_indices]
+            return outs if padded is inp else [o[..., :bins, :frames] for o in outs]
 
         parts: list[list[Tensor]] = []
         if self.low_band is not None and self.high_band is not None:

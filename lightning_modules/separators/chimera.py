@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.conventions import HOP
-from lightning_modules.dsp.spectral import stft
 from lightning_modules.evaluation.figures import embedding_pca_figure
 from lightning_modules.separators.losses import (
     attractor_masks,
@@ -31,7 +29,7 @@ from lightning_modules.separators.losses import (
     flatten_embeddings,
     magnitude_weights,
 )
-from lightning_modules.separators.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator, thesis_layout_only
 
 CLUSTERINGS = ("deep_clustering", "attractor")
 ATTRACTOR_WEIGHTINGS = ("none", "magnitude")
@@ -58,6 +56,7 @@ class ChimeraSeparator(SpectrogramSeparator):
         attractor_weighting: str = "none",
         **kwargs,
     ) -> None:
+        thesis_layout_only("ChimeraSeparator", kwargs)
         super().__init__(net, **kwargs)
         if clustering not in CLUSTERINGS:
             raise ValueError(f"clustering must be one of {CLUSTERINGS}, got {clustering!r}")
@@ -105,7 +104,7 @@ class ChimeraSeparator(SpectrogramSeparator):
         return F.mse_loss(target_mask * mixture.abs(), target.abs())
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        mixture, target = stft(batch["mixture"]), stft(self._target(batch))
+        mixture, target = self.spectrum(self._mix(batch)), self.spectrum(self._target(batch))
         heads = self.heads(mixture.abs())
         main = self.objective_loss(heads["main"], mixture, target)
         clustering = self.clustering_loss(mixture, target, heads["embedding"])
@@ -113,7 +112,7 @@ class ChimeraSeparator(SpectrogramSeparator):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         super().test_step(batch, batch_idx)
-        long_enough = batch["mixture"].shape[-1] // HOP + 1 >= self.test_context
+        long_enough = batch["mixture"].shape[-1] // self.stft_config.hop + 1 >= self.test_context
         if batch_idx == 0 and self.trainer.is_global_zero and long_enough:
             # thesis Fig. 4.10 from the first test track
             self.plot_embeddings(batch, Path(self.trainer.default_root_dir) / "embeddings_pca.png")
@@ -122,8 +121,9 @@ class ChimeraSeparator(SpectrogramSeparator):
     def plot_embeddings(self, batch: dict, path: Path) -> Path:
         """First three principal components of the embeddings of the loudest block of a
         track, coloured by the source that dominates each bin."""
-        mixture = stft(batch["mixture"], center=True)
-        target = stft(self._target({"targets": batch["targets"][None]})[0], center=True)
+        one = {"mixture": batch["mixture"][None], "targets": batch["targets"][None]}
+        mixture = self.spectrum(self._mix(one)[0], center=True)
+        target = self.spectrum(self._target(one)[0], center=True)
         frames = self.test_context
         energy = mixture.abs().square().sum(0).unfold(0, frames, frames).sum(-1)
         start = int(energy.argmax()) * frames

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.dsp.spectral import stft, wiener_like_mask
-from lightning_modules.separators.spectrogram import SpectrogramSeparator
+from lightning_modules.dsp.spectral import wiener_like_mask
+from lightning_modules.separators.spectrogram import SpectrogramSeparator, thesis_layout_only
 
 
 class MultiTaskSeparator(SpectrogramSeparator):
@@ -29,6 +29,7 @@ class MultiTaskSeparator(SpectrogramSeparator):
     results_version: ClassVar[int] = 1
 
     def __init__(self, net: nn.Module, joint_mask: bool = False, **kwargs) -> None:
+        thesis_layout_only("MultiTaskSeparator", kwargs)
         super().__init__(net, **kwargs)
         if self.target_index != 0:
             raise ValueError("multi-task models estimate the vocals with their main head")
@@ -47,7 +48,7 @@ class MultiTaskSeparator(SpectrogramSeparator):
         return self.joint_magnitudes(self.heads(magnitude), magnitude)[..., 0, :, :]
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        mixture, vocals = stft(batch["mixture"]), stft(self._target(batch))
+        mixture, vocals = self.spectrum(self._mix(batch)), self.spectrum(self._target(batch))
         accompaniment = mixture - vocals
         heads = self.heads(mixture.abs())
         if self.joint_mask:

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_modules.dsp.spectral import wiener_like_mask
 from lightning_modules.separators.checkpoint import load_separator
-from lightning_modules.separators.spectrogram import SpectrogramSeparator
+from lightning_modules.separators.spectrogram import SpectrogramSeparator, thesis_layout_only
 
 
 class WienerCombination(SpectrogramSeparator):
@@ -28,7 +28,14 @@ class WienerCombination(SpectrogramSeparator):
             raise ValueError(
                 f"{vocals} must estimate the vocals and {accompaniment} the accompaniment"
             )
+        thesis_layout_only("WienerCombination", kwargs)
         super().__init__(nn.ModuleList(models), **kwargs)
+        for path, model in zip((vocals, accompaniment), models, strict=True):
+            if (model.stft_config, model.channels) != (self.stft_config, self.channels):
+                raise ValueError(
+                    f"{path} was trained with {model.stft_config}, {model.channels} channel(s); "
+                    f"this row has {self.stft_config}, {self.channels} channel(s)"
+                )
         self.alpha = alpha
 
     def forward(self, magnitude: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 # Every target sets the project up first, so any of them works as the first command typed.
-#   make table-4.3            a results table (PROFILE=smoke without $MUSDB_ROOT, thesis with it)
+#   make table-4.3            a results table (PROFILE=smoke without $MUSDB_ROOT, full with it)
 #   make table-4.3 LOGGER=wandb   the same, plus one offline W&B run per row (see the README)
 #   make test                 the test suite (CPU, no network)
 #   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
@@ -10,6 +10,9 @@
 #   make sweep-4.3 EXECUTOR=local|slurm WORKERS=4 STORAGE=postgresql://...   a table by n workers
 #   make hpo-random-search EXECUTOR=slurm WORKERS=8                            a search space
 #   make dashboard STORAGE=...                                                 optuna-dashboard
+#   make plan-4.7 [PROFILE=full RUNS=... STORAGE=...]   each row's run, status, size; runs nothing
+#   make plan-4.7 CONFIG="<row label>"                  that row's resolved config (per stage)
+#   make status [PROFILE=... RUNS=... STORAGE=...]      every table's rows by status
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -28,12 +31,13 @@ STORAGE ?=
 SLURM_CONFIG ?=
 SLURM ?=
 PORT ?= 8080
+CONFIG ?=
 # What sweep-%/hpo-% pass on: storage, SLURM settings (SLURM="slurm_partition=gpu gpus_per_node=1").
 SWEEP_ARGS = $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) \
 	--executor $(EXECUTOR) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
 	$(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG)) $(foreach s,$(SLURM),--slurm $(s))
 
-.PHONY: setup test test-fast lint separate export stats bench list-tables clean-runs dashboard
+.PHONY: setup test test-fast lint separate export stats bench list-tables clean-runs dashboard status
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +62,13 @@ dashboard: setup
 
 render-%: setup
 	$(PY) -m sweeps render $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)
+
+# @: the output alone, so that `make plan-<id> CONFIG=... > row.yaml` is the config
+plan-%: setup
+	@$(PY) -m sweeps plan $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(CONFIG),--config "$(CONFIG)")
+
+status: setup
+	@$(PY) -m sweeps status $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE))
 
 list-tables: setup
 	$(PY) -m sweeps list

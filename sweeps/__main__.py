@@ -5,11 +5,14 @@
   workers (local processes or a SLURM job array), then rendered.
 - ``hpo random-search --executor local|slurm --workers n``: a hyper-parameter search over a
   space in ``sweeps/spaces/``, with pruning of hopeless trials.
+- ``plan 4.3 [--config ROW]``: what ``table 4.3`` would run and each row's status (or one
+  row's resolved config); ``status``: every table's rows by status. Both run nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -28,6 +31,7 @@ from sweeps.specs import (
     default_profile,
     load_table,
 )
+from sweeps.status import format_config, format_plan, format_status
 from sweeps.storage import Heartbeat, dashboard_command, ignore_experimental_warnings
 from sweeps.study import RowsFailed, failures, study_name
 from sweeps.tracking import LOGGERS, logging_to
@@ -117,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                 help="override one submitit parameter, e.g. slurm_partition=gpu",
             )
             sub.add_argument("--poll", type=float, default=5.0, help="seconds between checks")
+    look = commands.add_parser("plan", help="each row's run, status and size; runs nothing")
+    look.add_argument("table_id", help=f"one of: {', '.join(available_tables())}")
+    look.add_argument("--config", metavar="ROW", default=None, help="print this row's config")
+    look.add_argument("--identity", action="store_true", help="with --config: its hashed part")
+    status = commands.add_parser("status", help="every table's rows by status; runs nothing")
+    for sub in (look, status):
+        sub.add_argument("--profile", default=None, help="as for table (default: the same)")
+        sub.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+        sub.add_argument("--storage", default=None, help="as for table; opened read-only")
+        sub.add_argument("--heartbeat", type=heartbeat_arg, default=Heartbeat())
     commands.add_parser("list", help="list the tables")
     board = commands.add_parser("dashboard", help="optuna-dashboard on a storage (localhost)")
     board.add_argument("--storage", default=None)
@@ -146,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         # replaced, not a child: a signal to this process (a terminal, a test) stops the server
         os.execv(command[0], command)
     profile = canonical_profile(args.profile or default_profile())
+    if args.command in ("plan", "status"):
+        return plan_or_status(args, profile)
     failed = None
     try:
         if args.command == "hpo":
@@ -195,6 +211,24 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return 1
+    return 0
+
+
+def plan_or_status(args: argparse.Namespace, profile: str) -> int:
+    """``plan`` and ``status``: read the run folders and the study, print, write nothing."""
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # per row
+    try:
+        if args.command == "status":
+            print(format_status(profile, args.runs_dir, args.storage, args.heartbeat))
+        elif args.config is not None:
+            spec = load_table(args.table_id)
+            print(format_config(spec, profile, args.runs_dir, args.config, args.identity))
+        else:
+            spec = load_table(args.table_id)
+            print(format_plan(spec, profile, args.runs_dir, args.storage, args.heartbeat))
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

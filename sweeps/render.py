@@ -271,6 +271,7 @@ def excluded(m: dict | None, metric: str = "SDR") -> str:
 
 # Marks of cells without a number. "?" is the paper's own: a number its text garbles.
 ILLEGIBLE = "?"
+NOT_PRINTED = "–"  # the paper prints no such number (a row note "not printed ..." says so)
 NO_VALUE = "n/a"  # ours: the metric is undefined (e.g. every frame excluded by BSS Eval)
 UNAVAILABLE = "unavailable"  # ours: this cell cannot be computed here (see the row's notes)
 
@@ -281,7 +282,7 @@ def legend(paper: str) -> str:
         "value (every frame of every track excluded by BSS Eval, or no test loss). "
         f"'{UNAVAILABLE}': cannot be measured here (see notes). 'not run': no finished run. "
         "'stale': only a run made by older code (another results version) exists; it runs "
-        "again with `make table-<id>`. '–': does not apply."
+        "again with `make table-<id>`. '–': does not apply (under the paper: not printed there)."
     )
 
 
@@ -539,7 +540,9 @@ def relative_change(value: Any, reference: Any) -> float | None:
     return 100.0 * (value / reference - 1.0)
 
 
-def _fmt_published(column: str, value: Any) -> str:
+def _fmt_published(column: str, value: Any, notes: dict[str, str] | None = None) -> str:
+    if value is None and str((notes or {}).get(column, "")).startswith("not printed"):
+        return NOT_PRINTED
     return _fmt(column, value, missing=ILLEGIBLE)
 
 
@@ -588,7 +591,7 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
                 cells += [f"{_fmt(column, ours)} ({_fmt(column, m['spread'][column])})"]
             else:
                 cells += [_fmt(column, ours) if m else _missing(status)]
-            cells += [_fmt_published(column, published)]
+            cells += [_fmt_published(column, published, row.notes)]
             values += ["" if ours is None else ours, "" if published is None else published]
             if column in spread:
                 values += [m["spread"].get(column, "") if m else ""]

@@ -696,6 +696,30 @@ STEREO_4TARGETS = {
 }
 ORACLE_IRM = {"class_path": f"{MODULES}.OracleMaskSeparator", "init_args": {"mask": "irm"}}
 LEAKY_ORACLE = {"class_path": "tests.fingerprints.LeakyOracle", "init_args": {"leak": 0.25}}
+#: Issue #13: Sams-Net, small (8 maps, 33 bins, 2 modules), 3 slices of 13 frames (5, 4, 4).
+SAMSNET_SMALL = {
+    "class_path": f"{NETS}.samsnet.SamsNet",
+    "init_args": {"bins": 33, "channels": 8, "attention_modules": 2, "slices": 3},
+}
+
+#: Issue #16: the BLSTM chimera network for music (experiments/chimera_blstm/base.yaml, shrunk:
+#: 20 Mel bins + deltas, 2 layers of 8 units, D = 4) on 0 dB remixes at 16 kHz, 512 / 128.
+BLSTM_NET = {
+    "class_path": f"{NETS}.blstm.BLSTMChimeraNet",
+    "init_args": {"n_inputs": 40, "n_mels": 20, "hidden": 8, "layers": 2, "embedding_dim": 4},
+}
+BLSTM_DATA = {
+    "rate": 16000,
+    "mixing": "remix_0db",
+    "stft": {"n_fft": 512, "hop": 128},
+    "context_frames": 16,
+}
+BLSTM_CHIMERA = {  # alpha 0.5, MSA, scored by K-means on the embeddings
+    "class_path": f"{MODULES}.separators.blstm_chimera.BLSTMChimeraSeparator",
+    "init_args": {"net": BLSTM_NET, "alpha": 0.5, "mel_bins": 20, "test_head": "dc"},
+}
+BLSTM_CHIMERA_MMSA = copy.deepcopy(BLSTM_CHIMERA)  # mMSA, scored on the mask head
+BLSTM_CHIMERA_MMSA["init_args"].update(mi_loss="mmsa", test_head="mi")
 
 MDENSENET_LOW = {  # the low band of the baseline MMDenseNet (thesis Table 3.1)
     "class_path": f"{NETS}.MDenseNet",
@@ -738,6 +762,7 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
     _net("MultiHeadMMDenseNet/chimera", CHIMERA["init_args"]["net"], (2, 1, 1024, 8)),
     _net("MultiHeadMMDenseNet/decoder_head", MULTIHEAD_DECODER, (2, 1, 1024, 8)),
     _net("MultiHeadMMDenseNet/final", FINAL_NET, (2, 1, 128, 8)),
+    _net("SamsNet/small_3_slices", SAMSNET_SMALL, (2, 2, 33, 13)),
     _model("Separator/test_protocol", LEAKY_ORACLE),
     _model("SpectrogramSeparator/baseline", BASELINE),
     _model("SpectrogramSeparator/mel_wf_mask", MEL_MMDENSENET),
@@ -784,6 +809,9 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
         data=STEREO_4TARGETS_DATA,
         per_target=True,
     ),
+    _net("BLSTMChimeraNet/small", BLSTM_NET, (2, 40, 16)),
+    _model("BLSTMChimeraSeparator/chi_msa_dc", BLSTM_CHIMERA, data=BLSTM_DATA, per_target=True),
+    _model("BLSTMChimeraSeparator/mmsa_mi", BLSTM_CHIMERA_MMSA, data=BLSTM_DATA, per_target=True),
 )
 BY_NAME: dict[str, Fingerprint] = {fp.name: fp for fp in FINGERPRINTS}
 
@@ -924,6 +952,7 @@ PACKAGES = (
 LIBRARY_CLASSES = (
     "lightning.pytorch.Trainer",
     "lightning.pytorch.callbacks.ModelCheckpoint",
+    "lightning.pytorch.callbacks.EarlyStopping",  # experiments/samsnet/samsnet.yaml
 )
 
 

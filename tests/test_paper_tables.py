@@ -138,6 +138,12 @@ def test_unavailable_columns_are_marked_and_explained(tmp_path, monkeypatch) -> 
     _finished(plan, {"vocals": [1.0], "accompaniment": [1.0]})
     md = render(spec, [plan], tmp_path / "out")["md"].read_text()
     assert "| one | 1.00 | 5.00 | unavailable | ? |" in md and "- one, SIR: unavailable: why" in md
+    # a number the paper does not print at all is '–', not the illegible '?'
+    rows = [{"label": "one", "published": {"SDR": 5.0}, "notes": {"SIR": "not printed there"}}]
+    spec = _table(tmp_path, monkeypatch, columns=["SDR", "SIR"], rows=rows)
+    (plan,) = plan_table(spec, "ci", tmp_path / "runs")  # the same run folder
+    md = render(spec, [plan], tmp_path / "out")["md"].read_text()
+    assert "| one | 1.00 | 5.00 | 1.00 | – |" in md
 
 
 def test_profile_overrides_of_a_table_scale_data_and_training_not_models(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from lightning_modules.dsp.spectral import mel_filterbank
 from lightning_modules.evaluation.bss import aggregate
 from lightning_modules.evaluation.figures import mel_filterbank_figure
 from lightning_modules.inference.stats import network_stats, trained_network_stats
+from sweeps.boxplots import table_boxplots
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
 from sweeps.runs import RESULT, checkpoint_path, load_result
@@ -46,6 +47,7 @@ RUN_FIGURES = {
         "spectrograms",
         "Oracle vocals of '{label}': linear mask (a) vs Mel mask (b), thesis Fig. 5.3",
     ),
+    "attention.png": ("attention", "Attention weights of '{label}' (weakly informed, Fig. 3)"),
 }
 
 
@@ -92,6 +94,7 @@ RESULT_FIGURES = {
         _psp_threshold_figure,
         "SDR and sparsity against the pruning threshold (thesis Fig. 5.7)",
     ),
+    "boxplots": (table_boxplots, "Per-track scores of the rows (weakly informed paper, Fig. 2)"),
 }
 
 

@@ -132,7 +132,11 @@ def load_table(table_id: str) -> TableSpec:
             raise SpecError(
                 f"{path}: profile_overrides.{profile}: no such profile ({', '.join(known)})"
             )
-        models = [key for key in overrides if str(key).split(".")[0] == "model"]
+        models = [
+            key
+            for key in overrides
+            if str(key).split(".")[0] == "model" and key not in MODEL_BUDGET_KEYS
+        ]
         if models:  # a profile scales data and training, never an architecture
             raise SpecError(f"{path}: profile_overrides.{profile} may not set {models}")
     for metric, how in spec.aggregates.items():
@@ -141,6 +145,9 @@ def load_table(table_id: str) -> TableSpec:
     return spec
 
 
+#: Model arguments that are a computing budget, not the model (the neural couplings
+#: algorithm's iterations and segments of the DAE paper): profile_overrides may set them.
+MODEL_BUDGET_KEYS = ("model.init_args.nca_iterations", "model.init_args.nca_max_segments")
 #: How a column read from the runs' ``scores.json`` records is summarised (sweeps.render).
 AGGREGATIONS = ("median", "mean", "mean_std", "length_weighted_mean")
 PAPERS = EXPERIMENTS / "papers.yaml"

@@ -507,6 +507,10 @@ def _size(line: StageLine) -> str:
     return f"{line.epochs} epoch{'s' if line.epochs > 1 else ''} x {steps} steps"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def format_plan(
     spec: TableSpec,
     profile: str,
@@ -545,8 +549,8 @@ def format_table(table: TableStatus) -> str:
     busy -= {line.label for line in table.lines if line.starts}
     lines += [
         "",
-        f"total: make table-{table.spec.id} would start {len(start)} runs now, "
-        f"{sum(line.epochs for line in start)} epochs, {steps} steps{unknown}"
+        f"total: make table-{table.spec.id} would start {_count(len(start), 'run')} now, "
+        f"{_count(sum(line.epochs for line in start), 'epoch')}, {_count(steps, 'step')}{unknown}"
         + (f"; rows under way in live workers: {sorted(busy)}" if busy else "")
         + f" (stages: {', '.join(f'{counts[s]} {s}' for s in STATUSES if counts[s])})",
     ]

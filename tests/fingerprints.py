@@ -721,6 +721,61 @@ BLSTM_CHIMERA = {  # alpha 0.5, MSA, scored by K-means on the embeddings
 BLSTM_CHIMERA_MMSA = copy.deepcopy(BLSTM_CHIMERA)  # mMSA, scored on the mask head
 BLSTM_CHIMERA_MMSA["init_args"].update(mi_loss="mmsa", test_head="mi")
 
+#: Issue #15: the DAE paper's per-frame models at 65 bins (128 / 32, Hamming 65, DC kept) on
+#: the tracks' own mixtures, one frame per example; the NCA at 3 iterations on 0.5 s.
+DAE_NETS = {
+    name: {"class_path": f"{NETS}.dae.{name}", "init_args": {"bins": 65}}
+    for name in ("DAE", "MSSDAE", "SkipFilteringDAE")
+}
+DAE_DATA = {
+    "mixing": "coherent",
+    "stft": {"n_fft": 128, "hop": 32, "win_length": 65, "window": "hamming", "keep_dc": True},
+    "context_frames": 1,
+}
+DAE_SF = {
+    "class_path": f"{MODULES}.separators.dae.DAESeparator",
+    "init_args": {
+        "net": DAE_NETS["SkipFilteringDAE"],
+        "test_context_frames": 64,
+        "nca_iterations": 3,
+        "nca_max_segments": 1,
+        "nca_segment_seconds": 0.5,
+    },
+}
+#: Issue #14: the weakly informed model (8 units per LSTM direction) with A3's side information
+#: (activity, runs shortened, padded to 300), and the oracle-magnitude row, at 1024 / 512 Hamming.
+WEAKLY_DATA = {
+    "rate": 16000,
+    "mixing": "coherent",
+    "stft": {"n_fft": 1024, "hop": 512, "window": "hamming", "keep_dc": True},
+    "context_frames": 8,
+}
+WEAKLY_A3 = {
+    "class_path": f"{MODULES}.separators.weakly_informed.WeaklyInformedSeparator",
+    "init_args": {
+        "net": {
+            "class_path": f"{NETS}.weakly_informed.WeaklyInformedNet",
+            "init_args": {"hidden": 8},
+        },
+        "side_info": {"kind": "activity", "pad_to": 300, "shorten": [0, 1]},
+    },
+}
+WEAKLY_ORACLE = {"class_path": f"{MODULES}.separators.weakly_informed.OracleMagnitudeSeparator"}
+
+
+def weakly_net_numbers(config: Mapping[str, Any]) -> Numbers:
+    """The weakly informed network on a seeded mixture magnitude (2, 513, 8) and side
+    information (2, 1, 12): its estimate and attention weights."""
+    torch.manual_seed(0)
+    net = build_net(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    x, side = torch.rand(2, 513, 8, generator=generator), torch.rand(2, 1, 12, generator=generator)
+    with torch.no_grad():
+        estimate, alpha = net(x, side)
+    numbers: Numbers = {"params": float(sum(p.numel() for p in net.parameters()))}
+    return {**numbers, **tensor_summary("main", estimate), **tensor_summary("alpha", alpha)}
+
+
 MDENSENET_LOW = {  # the low band of the baseline MMDenseNet (thesis Table 3.1)
     "class_path": f"{NETS}.MDenseNet",
     "init_args": {"in_channels": 1, "growth_rates": [14] + [16] * 6, "layers": [4] * 7},
@@ -812,6 +867,15 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
     _net("BLSTMChimeraNet/small", BLSTM_NET, (2, 40, 16)),
     _model("BLSTMChimeraSeparator/chi_msa_dc", BLSTM_CHIMERA, data=BLSTM_DATA, per_target=True),
     _model("BLSTMChimeraSeparator/mmsa_mi", BLSTM_CHIMERA_MMSA, data=BLSTM_DATA, per_target=True),
+    *(_net(f"{name}/65_bins", config, (2, 1, 65, 4)) for name, config in DAE_NETS.items()),
+    _model("DAESeparator/sf_small", DAE_SF, data=DAE_DATA),
+    Fingerprint(
+        "WeaklyInformedNet/small",
+        (WEAKLY_A3["init_args"]["net"],),
+        lambda ws: weakly_net_numbers(WEAKLY_A3["init_args"]["net"]),
+    ),
+    _model("WeaklyInformedSeparator/a3_small", WEAKLY_A3, data=WEAKLY_DATA),
+    _model("OracleMagnitudeSeparator/vocals", WEAKLY_ORACLE, data=WEAKLY_DATA),
 )
 BY_NAME: dict[str, Fingerprint] = {fp.name: fp for fp in FINGERPRINTS}
 

@@ -136,7 +136,7 @@ def test_relative_change_columns_in_the_rendered_rows() -> None:
     spec = SimpleNamespace(columns=["MACs", "SDR"], relative_to="A", paper="thesis", aggregates={})
     plans = [
         SimpleNamespace(
-            row=SimpleNamespace(label=label, published=published, unavailable_columns={})
+            row=SimpleNamespace(label=label, published=published, unavailable_columns={}, notes={})
         )
         for label, published in (
             ("A", {"MACs": 100.0, "SDR": 5.0}),

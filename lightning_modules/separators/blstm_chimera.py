@@ -25,7 +25,6 @@ SI-SNR(estimate) - SI-SNR(mixture) per piece and source, in the run's ``scores.j
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -204,10 +203,7 @@ class BLSTMChimeraSeparator(Separator):
             channels=channels,
             targets=targets,
         )
-        with warnings.catch_warnings():
-            # the network's config is what LightningCLI stores to rebuild it from a checkpoint
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of")
-            self.save_hyperparameters()
+        self.save_hyperparameters_with_net()
         self._check_options(net, alpha, mi_loss, mel_bins, deltas, test_head, reconstruction)
         self.net = net
         self.alpha = float(alpha)

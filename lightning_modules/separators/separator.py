@@ -14,7 +14,9 @@ Shapes (issue #11), mono included (C = 1): a full track's ``mixture`` is (C, T) 
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -102,6 +104,14 @@ class Separator(L.LightningModule):
         self._evaluator: ParallelEvaluator | None = None
         self.test_scores: dict = {}
         self.target_scores: dict[str, dict] = {}
+
+    def save_hyperparameters_with_net(self) -> None:
+        """``save_hyperparameters()`` of the calling ``__init__``, the injected ``net`` included:
+        LightningCLI stores the network's config in the checkpoint (that is how checkpoints are
+        reloaded), so Lightning's advice to ignore an nn.Module argument does not apply."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of")
+            self.save_hyperparameters(frame=inspect.currentframe().f_back)
 
     @property
     def test_context(self) -> int:

@@ -14,7 +14,6 @@ models run exactly the code they ran (mono spectrograms (B, F, T)).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -241,12 +240,7 @@ class SpectrogramSeparator(Separator):
             channels=channels,
             targets=targets,
         )
-        with warnings.catch_warnings():
-            # The network is injected as an nn.Module; LightningCLI stores its config in the
-            # checkpoint (that is how checkpoints are reloaded), so Lightning's advice to
-            # ignore it does not apply.
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of")
-            self.save_hyperparameters()
+        self.save_hyperparameters_with_net()
         if objective not in OBJECTIVES or mask not in MASKS:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES} and mask one of {MASKS}, "

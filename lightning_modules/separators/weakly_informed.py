@@ -15,7 +15,6 @@ test path with the true normalised vocals magnitude as the estimate: the ceiling
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -136,9 +135,7 @@ class WeaklyInformedSeparator(Separator):
             channels=channels,
             targets=targets,
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of")
-            self.save_hyperparameters()
+        self.save_hyperparameters_with_net()
         if self.channels != 1:
             raise ValueError("the weakly informed model is mono: data.channels must be 1")
         self.side_config = side_info or SideInfoConfig()

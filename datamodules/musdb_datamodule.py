@@ -176,11 +176,16 @@ class MUSDBDataModule(L.LightningDataModule):
         excerpt_seconds: most-active stretch kept per training track (None: whole tracks).
         valid_fraction: share of the training tracks held out for validation.
         valid_chunks_per_track: fixed validation chunks per track (None: the whole track).
+        valid_tracks: validate on only this many of the held-out tracks, drawn once with
+            ``seed`` (Sams-Net: "1 complete track randomly selected from" the 14 official
+            validation tracks); the others stay out of training too. None: all of them.
         max_train_tracks, max_test_tracks: cap the number of tracks (smoke runs).
         test_max_seconds: cut test tracks to their first seconds (smoke runs).
         test_subset: "test" (the 50 test tracks) or "train" (all training tracks, whole; the
             oracle experiments of thesis Table 5.3 are measured there).
         gain_range: random source gains of the augmentation.
+        channel_swap: probability of swapping a source's left and right channels in a
+            random mix (Uhlich et al. 2017's augmentation, Sams-Net); needs ``channels: 2``.
         train_on_device: keep the training split on the training device when it fits.
         seed: seeds the split and the random mixes.
         synthetic: arguments of ``write_synthetic_musdb`` for the stand-in data set.
@@ -219,11 +224,13 @@ class MUSDBDataModule(L.LightningDataModule):
         excerpt_seconds: float | None = 150.0,
         valid_fraction: float = 0.2,
         valid_chunks_per_track: int | None = None,
+        valid_tracks: int | None = None,
         max_train_tracks: int | None = None,
         max_test_tracks: int | None = None,
         test_max_seconds: float | None = None,
         test_subset: str = "test",
         gain_range: tuple[float, float] = (0.25, 1.25),
+        channel_swap: float = 0.0,
         train_on_device: bool = True,
         seed: int = 0,
         synthetic: dict | None = None,
@@ -254,6 +261,16 @@ class MUSDBDataModule(L.LightningDataModule):
             raise ValueError("data.overfit is a mixing of its own: leave data.mixing at random")
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"data.valid_fraction must lie in [0, 1), got {valid_fraction}")
+        if valid_tracks is not None and valid_tracks < 1:
+            raise ValueError(f"data.valid_tracks must be at least 1 (or null), got {valid_tracks}")
+        if not 0.0 <= channel_swap <= 1.0:
+            raise ValueError(f"data.channel_swap is a probability in [0, 1], got {channel_swap}")
+        if channel_swap and (channels != 2 or mixing != "random" or overfit):
+            raise ValueError(
+                f"data.channel_swap swaps the channels of randomly mixed stereo sources: it needs "
+                f"channels: 2 and mixing: random, got channels: {channels}, mixing: {mixing}"
+                + (", overfit" if overfit else "")
+            )
         self.tracks = _check_track_lists(tracks)
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
@@ -316,9 +333,16 @@ class MUSDBDataModule(L.LightningDataModule):
             valid = set(validation_names(names, self.hparams.valid_fraction, self.hparams.seed))
         else:
             valid = set()
+        held_out = listed.get("valid", [t for t in pool if t.name in valid])
+        if self.hparams.valid_tracks is not None and len(held_out) > self.hparams.valid_tracks:
+            # Drawn once with the data seed: early stopping compares the same track every epoch.
+            drawn = random.Random(self.hparams.seed).sample(
+                sorted(t.name for t in held_out), self.hparams.valid_tracks
+            )
+            held_out = [t for t in held_out if t.name in drawn]
         tracks = {
             "train": [t for t in pool if t.name not in valid],
-            "valid": listed.get("valid", [t for t in pool if t.name in valid]),
+            "valid": held_out,
             "test": listed.get(
                 "test", list(db_test) if self.hparams.test_subset == "test" else list(db_train)
             ),
@@ -435,6 +459,7 @@ class MUSDBDataModule(L.LightningDataModule):
                 self.chunk,
                 tuple(self.hparams.gain_range),
                 names=train.names,
+                channel_swap=self.hparams.channel_swap,
             )
 
     def overfit_excerpt(self) -> SplitAudio:

@@ -72,6 +72,8 @@ class RandomMixSampler:
     drawn proportionally more and an epoch of ``samples / (chunk * batch)`` batches sees about
     all training audio once. Each source picks its own track (incoherent mixes, as in the
     thesis); no chunk crosses a track boundary. A source's gain is the same on every channel.
+    With ``channel_swap`` > 0 each source of each example has its two channels swapped with
+    that probability (drawn after the gains, so a run without swaps draws what it always did).
     """
 
     source_names: tuple[str, ...] = SOURCES
@@ -84,11 +86,17 @@ class RandomMixSampler:
         chunk: int,
         gain_range: tuple[float, float] = (0.25, 1.25),
         names: list[str] | None = None,
+        channel_swap: float = 0.0,
     ) -> None:
         check_lengths(lengths, chunk, names, "training tracks")
         self.audio = _with_channels(audio)
+        if channel_swap and self.audio.shape[1] != 2:
+            raise ValueError(
+                f"channel_swap needs stereo audio, got {self.audio.shape[1]} channel(s)"
+            )
         self.chunk = chunk
         self.gain_range = gain_range
+        self.channel_swap = channel_swap
         self._starts = UniformStarts(offsets, lengths, chunk, audio.device)
         self._cumulative = self._starts.cumulative
         self._arange = torch.arange(chunk, device=audio.device)
@@ -111,6 +119,9 @@ class RandomMixSampler:
         gains = low + (high - low) * torch.rand(
             shape, generator=generator, device=self.device, dtype=self.audio.dtype
         )
+        if self.channel_swap:
+            swap = torch.rand(shape, generator=generator, device=self.device) < self.channel_swap
+            lanes = torch.where(swap[..., None, None], 1 - lanes, lanes)
         return self.audio[rows, lanes, index] * gains[..., None, None]
 
 

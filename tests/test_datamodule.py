@@ -564,3 +564,28 @@ def test_fixed_track_lists_name_what_is_missing_or_twice(synthetic_dm_kwargs: di
 def test_bad_options_are_refused_naming_the_option(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MUSDBDataModule(**options)
+
+
+def test_one_validation_track_drawn_once_from_the_held_out_ones(synthetic_dm_kwargs: dict) -> None:
+    """Sams-Net's split: the held-out tracks all stay out of training, and validation is one of
+    them, the same one every time for a seed."""
+    held_out = _with(synthetic_dm_kwargs, valid_fraction=0.5)
+    one = _with(synthetic_dm_kwargs, valid_fraction=0.5, valid_tracks=1)
+    assert len(held_out.splits["valid"].names) >= 2
+    assert one.splits["train"].names == held_out.splits["train"].names
+    assert len(one.splits["valid"].names) == 1
+    assert one.splits["valid"].names[0] in held_out.splits["valid"].names
+    again = _with(synthetic_dm_kwargs, valid_fraction=0.5, valid_tracks=1)
+    assert again.splits["valid"].names == one.splits["valid"].names
+    chunks = one.validation_chunks()["mixture"]
+    assert chunks.shape[0] == one.splits["valid"].lengths[0] // one.chunk
+
+
+def test_channel_swap_is_refused_where_it_cannot_apply(synthetic_dm_kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="data.channel_swap .* channels: 2"):
+        MUSDBDataModule(**{**synthetic_dm_kwargs, "channel_swap": 0.5})
+    with pytest.raises(ValueError, match="data.valid_tracks"):
+        MUSDBDataModule(**{**synthetic_dm_kwargs, "valid_tracks": 0})
+    stereo = _with(synthetic_dm_kwargs, channels=2, targets="all", channel_swap=0.5)
+    batch = next(iter(stereo.train_dataloader()))
+    torch.testing.assert_close(batch["mixture"], batch["targets"].sum(dim=1))

@@ -292,3 +292,33 @@ def test_excerpt_sampler_gives_channels_too() -> None:
     batch = ExcerptSampler(stereo, chunk=8, shift=1.0).sample(6, torch.Generator().manual_seed(0))
     assert batch.shape == (6, 4, 2, 8)
     assert (batch[:, 0, 0, 0] <= 8).all()  # starts within shift * chunk
+
+
+def test_channel_swap_flips_whole_sources_with_its_probability() -> None:
+    """With channel_swap each source of each example is either the plain draw or the plain
+    draw with its channels exchanged (same track, start and gain: the swap is drawn after them),
+    about half of them swapped at p = 0.5, none at p = 0."""
+    audio, offsets, lengths = _constant_tracks()
+    stereo = torch.stack([audio, -2 * audio], dim=1)  # left and right tell themselves apart
+    plain = RandomMixSampler(stereo, offsets, lengths, CHUNK).sample(
+        400, torch.Generator().manual_seed(5)
+    )
+    swapping = RandomMixSampler(stereo, offsets, lengths, CHUNK, channel_swap=0.5)
+    batch = swapping.sample(400, torch.Generator().manual_seed(5))
+    flags = torch.zeros(batch.shape[:2], dtype=torch.bool)
+    for b in range(batch.shape[0]):
+        for s in range(batch.shape[1]):
+            if torch.equal(batch[b, s], plain[b, s].flip(0)):
+                flags[b, s] = True
+            else:
+                assert torch.equal(batch[b, s], plain[b, s])
+    # 400 fair coin flips per source: 200 +- 4 standard deviations (10 each), for every source
+    assert ((flags.sum(dim=0) > 160) & (flags.sum(dim=0) < 240)).all(), flags.sum(dim=0)
+    never = RandomMixSampler(stereo, offsets, lengths, CHUNK, channel_swap=0.0)
+    assert torch.equal(never.sample(400, torch.Generator().manual_seed(5)), plain)
+
+
+def test_channel_swap_needs_stereo() -> None:
+    audio, offsets, lengths = _constant_tracks()
+    with pytest.raises(ValueError, match="channel_swap needs stereo"):
+        RandomMixSampler(audio, offsets, lengths, CHUNK, channel_swap=0.5)

@@ -37,6 +37,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -140,7 +141,7 @@ def inference_pipeline(
 
 def export_torchscript(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Path:
     """Trace (the pipeline has no data-dependent control flow) and save with the metadata."""
-    example = torch.rand(1, info.bins, info.frames)
+    example = example_block(info)
     with torch.no_grad(), warnings.catch_warnings():
         # shape checks read sizes as Python values: constants of the trace, which is right
         # for a graph with fixed frames per block
@@ -158,8 +159,10 @@ def export_onnx(pipeline: SpectralPipeline, info: ExportInfo, path: Path) -> Pat
 
     # the exporter lists torchvision ops it cannot find: not used here
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    example = torch.rand(1, info.bins, info.frames)
-    with torch.no_grad():
+    example = example_block(info)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.export's note on nn.LSTM's flattened weights (the benchmark's Open-Unmix peer)
+        warnings.filterwarnings("ignore", message="The tensor attributes .* during export")
         program = torch.onnx.export(
             pipeline,
             (example,),
@@ -200,25 +203,48 @@ def export(
     return path, info
 
 
+def example_block(info: ExportInfo, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random magnitude block of the export's shape: ``(1, bins, frames)``, or
+    ``(1, channels, bins, frames)`` for a multichannel graph (the benchmark's peer model)."""
+    channels = (info.channels,) if info.channels > 1 else ()
+    return torch.rand(1, *channels, info.bins, info.frames, generator=generator)
+
+
 def check_export(
-    separator: SpectrogramSeparator, path: Path, info: ExportInfo, name: Path | None = None
+    separator: SpectrogramSeparator,
+    path: Path,
+    info: ExportInfo,
+    name: Path | None = None,
+    runtime: str = "auto",
 ) -> float:
-    """Largest |exported - PyTorch| on a random block; raises ValueError beyond ``TOLERANCE``
-    relative to the output's scale (``name``: the file the message names, when ``path`` is
-    a temporary one)."""
-    magnitude = torch.rand(1, info.bins, info.frames, generator=torch.Generator().manual_seed(0))
+    """Largest |exported - PyTorch| on a random block, run in ``runtime`` (``load_exported``);
+    raises ValueError beyond ``TOLERANCE`` relative to the output's scale (``name``: the file
+    the message names, when ``path`` is a temporary one)."""
+    magnitude = example_block(info, torch.Generator().manual_seed(0))
     was_training = separator.training
     separator.eval()
     with torch.no_grad():
         expected = separator.estimate_magnitude(magnitude).numpy()
     separator.train(was_training)
-    got = load_exported(path, threads=1)(magnitude.numpy())
+    return check_outputs(expected, magnitude.numpy(), path, runtime, name)
+
+
+def check_outputs(
+    expected: np.ndarray,
+    magnitude: np.ndarray,
+    path: Path,
+    runtime: str = "auto",
+    name: Path | None = None,
+) -> float:
+    """Largest |exported(magnitude) - expected|; ValueError beyond ``TOLERANCE`` relative to the
+    output's scale, naming the file and the runtime."""
+    got = load_exported(path, threads=1, runtime=runtime)(magnitude)
     error = float(abs(got - expected).max())
     scale = max(float(abs(expected).max()), 1.0)
     if not error <= TOLERANCE * scale:
         raise ValueError(
             f"{name or path}: the exported model differs from the PyTorch model by {error:.3g} "
-            f"(tolerance {TOLERANCE * scale:.3g}); not written"
+            f"in runtime {runtime} (tolerance {TOLERANCE * scale:.3g}); not written"
         )
     return error
 

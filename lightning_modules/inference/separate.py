@@ -4,7 +4,9 @@
 --out DIR`` (or ``make separate IN=... CKPT=... OUT=...``) writes ``DIR/<song>_vocals.wav`` and
 ``DIR/<song>_accompaniment.wav`` at the input's sample rate (mono, as the models are).
 ``--model model.onnx`` (``make separate IN=... MODEL=...``) instead streams the song through an
-exported model (``make export``) in blocks, as ``lightning_modules.inference.stream`` does.
+exported model (``make export``) in blocks, as ``lightning_modules.inference.stream`` does;
+``--runtime`` (``RUNTIME=``) picks what runs it: ``onnxruntime`` or ``openvino`` for ``.onnx``,
+``torchscript`` for ``.pt`` (default ``auto``: by the file's suffix).
 
 Both read mono audio and write vocals and accompaniment: a stereo model or one with several
 targets is refused (naming what is unsupported). A checkpoint separates with its own STFT;
@@ -24,6 +26,7 @@ import torch
 
 from datamodules.cache import RESAMPLER
 from lightning_modules.inference.audio import read_audio
+from lightning_modules.inference.runtime import RUNTIMES
 from lightning_modules.inference.stream import separate_file as stream_file
 from lightning_modules.inference.support import (
     checkpoint_setting,
@@ -64,10 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--checkpoint", help="a checkpoint of a trained run")
     source.add_argument("--model", help="an exported model (.onnx or TorchScript .pt)")
     parser.add_argument("--out", default="separated", help="output folder")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs --model (default: by its suffix, .onnx -> onnxruntime, .pt -> "
+        "torchscript; openvino runs .onnx files, extra 'openvino')",
+    )
     args = parser.parse_args(argv)
+    if args.runtime != "auto" and args.model is None:
+        parser.error("--runtime applies to --model (an exported model), not to --checkpoint")
     try:
         if args.model is not None:
-            written = stream_file(args.model, args.input, args.out)
+            written = stream_file(args.model, args.input, args.out, args.runtime)
         else:
             # from the checkpoint's hyper-parameters: refused before the model is built
             setting = checkpoint_setting(args.checkpoint)

@@ -179,16 +179,19 @@ def stream_array(
     return vocals, accompaniment
 
 
-def separate_file(model_path: str | Path, input_path: str | Path, out_dir: str | Path) -> dict:
-    """``make separate MODEL=...``: a file streamed through an exported model, written as
-    ``<song>_vocals.wav`` and ``<song>_accompaniment.wav`` at the input's rate."""
+def separate_file(
+    model_path: str | Path, input_path: str | Path, out_dir: str | Path, runtime: str = "auto"
+) -> dict:
+    """``make separate MODEL=... [RUNTIME=...]``: a file streamed through an exported model (in
+    ``runtime``, ``runtime.load_exported``), written as ``<song>_vocals.wav`` and
+    ``<song>_accompaniment.wav`` at the input's rate."""
     import librosa
     import soundfile as sf
 
     from datamodules.cache import RESAMPLER
     from lightning_modules.inference.audio import read_audio
 
-    model = load_exported(model_path)
+    model = load_exported(model_path, runtime=runtime)
     info = model.info
     require_streamable(info, str(model_path))  # before the song is read and resampled
     mono, rate = read_audio(input_path)

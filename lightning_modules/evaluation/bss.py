@@ -19,8 +19,15 @@ Conventions (thesis Sec. 2.3.1, SiSEC 2018 / museval v4):
   over all frames of all tracks pooled (thesis Table 4.3's mean and std can only be those),
   each with the number of tracks and frames that NaN excluded. See :func:`aggregate`.
 
-This module is numpy/museval only. It deliberately never imports torch and never touches
-torch's thread settings (``torch.set_num_threads(2)`` gives wrong batched linalg in this build).
+Evaluators (``evaluator=``): ``"museval"`` (the reference, default) or ``"fast"``
+(:mod:`lightning_modules.evaluation.fast_bss`: the same BSS Eval v4 in batched float64 torch,
+on a GPU when ``device`` names one; equal to museval within 0.01 dB frame by frame wherever
+museval's projections are numerically determined, see that module). Each track's result says
+which produced it (``"evaluator"``).
+
+With ``evaluator="museval"`` this module is numpy/museval only: it never imports torch (the
+fast evaluator imports it when first used) and never touches torch's thread settings
+(``torch.set_num_threads(2)`` gives wrong batched linalg in this build).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "BSS_FILTER_LEN",
     "DEFAULT_MAX_CONDITION",
+    "EVALUATORS",
     "DEFAULT_TARGETS",
     "ENERGY_FLOOR",
     "INF_DB",
@@ -63,6 +71,8 @@ __all__ = [
 ]
 
 DEFAULT_TARGETS: tuple[str, ...] = ("vocals", "accompaniment")
+#: BSS Eval v4 implementations ``evaluate_track`` can use: museval itself, or fast_bss.
+EVALUATORS: tuple[str, ...] = ("museval", "fast")
 METRICS: tuple[str, ...] = ("SDR", "SIR", "ISR", "SAR")
 BSS_FILTER_LEN = 512  # museval's (and BSS Eval's) distortion filter length
 # Added to every frame energy before taking dB, as in the PES/EPS reference code: an all-zero
@@ -323,6 +333,8 @@ def evaluate_track(
     *,
     silence_threshold_db: float | None = None,
     check_conditioning: bool = True,
+    evaluator: str = "museval",
+    device: str | None = None,
 ) -> dict[str, Any]:
     """BSS Eval v4 of one track in museval's per-track JSON format, plus PES/EPS and medians.
 
@@ -334,13 +346,18 @@ def evaluate_track(
                                                   "metrics": {"SDR", "SIR", "SAR", "ISR"}}],
                               "median": {metric: float}, "PES", "EPS",
                               "n_frames", "n_pes_frames", "n_eps_frames"}],
-         "museval_version", "rate", "win_seconds", "bss_gram_condition"}
+         "museval_version", "rate", "win_seconds", "bss_gram_condition", "evaluator"}
+
+    ``evaluator``: ``"museval"`` (``museval.evaluate``) or ``"fast"`` (``fast_bss.bss_eval_v4``
+    on ``device``, default CPU); everything else (framing, NaN/inf rules, JSON) is shared.
 
     Frame values are built with ``museval.TrackStore`` (quantised to 1e-5) except that +-inf
     becomes +-INF_DB instead of NaN. Frames where any reference/estimate is all zero are NaN (as
     in museval); if a whole reference or estimate row is silent, museval cannot run at all, so
     every frame is NaN and PES/EPS carry the information. Medians ignore NaN frames.
     """
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     win = _validate_inputs(track_name, references, estimates, rate, target_names, win_seconds)
     refs = np.asarray(references, dtype=np.float64)
     ests = np.asarray(estimates, dtype=np.float64)
@@ -361,10 +378,15 @@ def evaluate_track(
         def layout(x: np.ndarray) -> np.ndarray:
             return x[..., None] if x.ndim == 2 else np.moveaxis(x, 1, 2)
 
-        sdr, isr, sir, sar = museval.evaluate(
-            layout(refs), layout(ests), win=win, hop=win, mode="v4", padding=False
-        )
-        scores = np.stack([sdr, isr, sir, sar])
+        if evaluator == "fast":
+            from lightning_modules.evaluation.fast_bss import bss_eval_v4  # imports torch
+
+            scores = bss_eval_v4(refs, ests, win, device=device)
+        else:
+            sdr, isr, sir, sar = museval.evaluate(
+                layout(refs), layout(ests), win=win, hop=win, mode="v4", padding=False
+            )
+            scores = np.stack([sdr, isr, sir, sar])
     condition = (
         check_bss_conditioning(refs, track_name=track_name) if check_conditioning else float("nan")
     )
@@ -385,6 +407,7 @@ def evaluate_track(
     result["rate"] = int(rate)
     result["win_seconds"] = float(win_seconds)
     result["bss_gram_condition"] = condition
+    result["evaluator"] = evaluator
 
     for i, target in enumerate(result["targets"]):
         target["median"] = _target_medians(target, METRICS)
@@ -541,7 +564,9 @@ class ParallelEvaluator:
     (default ``2 * n_workers``) are in flight, ``submit`` blocks beyond that to bound memory.
     Each worker caps numpy/scipy's OpenBLAS at ``blas_threads`` threads (None: library default;
     ``worker.start_worker``) and imports only this module and what it needs, never torch or
-    Lightning (the package ``__init__``s above it are empty for that reason).
+    Lightning (the package ``__init__``s above it are empty for that reason) unless
+    ``evaluator="fast"`` (``evaluate_track``'s ``evaluator``/``device``; with it, evaluating
+    inline, ``n_workers=0``, on the caller's device is the usual choice).
 
     Usage::
 
@@ -564,9 +589,13 @@ class ParallelEvaluator:
         transfer_dtype: np.dtype | type = np.float32,
         blas_threads: int | None = 1,
         progress: bool = True,
+        evaluator: str = "museval",
+        device: str | None = None,
     ) -> None:
         if n_workers < 0:
             raise ValueError(f"n_workers must be >= 0, got {n_workers}")
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
         if mp_context not in ("spawn", "forkserver"):
             raise ValueError(
                 f"mp_context must be 'spawn' or 'forkserver' (not fork), got {mp_context!r}"
@@ -582,6 +611,8 @@ class ParallelEvaluator:
             "win_seconds": self.win_seconds,
             "silence_threshold_db": silence_threshold_db,
             "check_conditioning": check_conditioning,
+            "evaluator": evaluator,
+            "device": device,
         }
         self._executor: ProcessPoolExecutor | None = None
         if self.n_workers > 0:

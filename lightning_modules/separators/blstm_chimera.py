@@ -191,6 +191,7 @@ class BLSTMChimeraSeparator(Separator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__(
             rate,
@@ -202,6 +203,7 @@ class BLSTMChimeraSeparator(Separator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
         self.save_hyperparameters_with_net()
         self._check_options(net, alpha, mi_loss, mel_bins, deltas, test_head, reconstruction)

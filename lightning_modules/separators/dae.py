@@ -185,6 +185,7 @@ class DAESeparator(SpectrogramSeparator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         if not isinstance(net, FrameDAE):
             raise TypeError(f"model.init_args.net: a nets.dae model, got {type(net).__name__}")
@@ -212,6 +213,7 @@ class DAESeparator(SpectrogramSeparator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
         if net.bins != self.bins:
             raise ValueError(

@@ -103,6 +103,7 @@ class OracleMaskSeparator(Separator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__(
             rate=rate,
@@ -111,6 +112,7 @@ class OracleMaskSeparator(Separator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
         if mask not in MASKS:
             raise ValueError(f"model.init_args.mask must be one of {MASKS}, got {mask!r}")

@@ -35,7 +35,7 @@ from datamodules.conventions import (
     targets_from_sources,
 )
 from lightning_modules.dsp.spectral import istft, stft, stft_kwargs
-from lightning_modules.evaluation.bss import ParallelEvaluator, aggregate
+from lightning_modules.evaluation.bss import EVALUATORS, ParallelEvaluator, aggregate
 
 #: The pair the thesis's single-target models are evaluated on.
 VOCALS_PAIR: tuple[str, ...] = TARGET_SETS["vocals"]
@@ -63,6 +63,9 @@ class Separator(L.LightningModule):
         channels: audio channels, 1 or 2, linked from ``data.channels``.
         targets: the data's target set ("vocals", "all" or a list of sources), linked from
             ``data.targets``: what a batch's ``targets`` hold, in that order.
+        evaluator: the test's BSS Eval v4: "museval" (the reference, in ``eval_workers``
+            processes) or "fast" (``evaluation.fast_bss``, inline on the model's device);
+            ``test_scores["evaluator"]`` (a run's result.json) says which.
     """
 
     #: Bump when a change alters this class's results (sweeps/identity.py).
@@ -82,8 +85,11 @@ class Separator(L.LightningModule):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__()
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"model.evaluator must be one of {EVALUATORS}, got {evaluator!r}")
         if test_context_frames is not None and test_context_frames < 1:
             raise ValueError(f"test_context_frames must be >= 1, got {test_context_frames}")
         if test_only and not init_from:
@@ -92,6 +98,7 @@ class Separator(L.LightningModule):
         self.context_frames = context_frames
         self.test_context_frames = test_context_frames
         self.eval_workers = eval_workers
+        self.evaluator = evaluator
         self.init_from = init_from
         try:
             self.stft_config = stft_config(stft)
@@ -214,8 +221,12 @@ class Separator(L.LightningModule):
         return Path(self.trainer.default_root_dir) / "museval"
 
     def on_test_epoch_start(self) -> None:
+        fast = self.evaluator == "fast"
         self._evaluator = ParallelEvaluator(
-            n_workers=self.eval_workers, target_names=self.output_targets
+            n_workers=0 if fast else self.eval_workers,
+            target_names=self.output_targets,
+            evaluator=self.evaluator,
+            device=str(self.device) if fast and self.device.type == "cuda" else None,
         )
         self._evaluator.__enter__()
 
@@ -265,7 +276,10 @@ class Separator(L.LightningModule):
             self._evaluator.__exit__(None, None, None)
             self._evaluator = None
         self.target_scores = {name: aggregate(results, target=name) for name in self.output_targets}
-        self.test_scores = self.target_scores[self.output_targets[0]]
+        self.test_scores = {
+            **self.target_scores[self.output_targets[0]],
+            "evaluator": self.evaluator,
+        }
         for metric in ("SDR", "SIR", "SAR"):
             value = self.test_scores.get(metric, {}).get("median", math.nan)
             self.log(f"test/{metric}", float(value), sync_dist=True)

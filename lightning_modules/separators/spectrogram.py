@@ -228,6 +228,7 @@ class SpectrogramSeparator(Separator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__(
             rate,
@@ -239,6 +240,7 @@ class SpectrogramSeparator(Separator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
         self.save_hyperparameters_with_net()
         if objective not in OBJECTIVES or mask not in MASKS:

@@ -123,6 +123,7 @@ class WeaklyInformedSeparator(Separator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__(
             rate,
@@ -134,6 +135,7 @@ class WeaklyInformedSeparator(Separator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
         self.save_hyperparameters_with_net()
         if self.channels != 1:
@@ -302,6 +304,7 @@ class OracleMagnitudeSeparator(WeaklyInformedSeparator):
         stft: STFTConfig | None = None,
         channels: int = 1,
         targets: str | list[str] = "vocals",
+        evaluator: str = "museval",
     ) -> None:
         super().__init__(
             net=None,
@@ -313,6 +316,7 @@ class OracleMagnitudeSeparator(WeaklyInformedSeparator):
             stft=stft,
             channels=channels,
             targets=targets,
+            evaluator=evaluator,
         )
 
     def estimate(

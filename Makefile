@@ -3,7 +3,7 @@
 #   make table-4.3 LOGGER=wandb   the same, plus one offline W&B run per row (see the README)
 #   make test                 the test suite (CPU, no network)
 #   make separate IN=song.wav CKPT=runs/<hash>/checkpoints/best.ckpt OUT=separated
-#   make separate IN=song.wav MODEL=model.onnx OUT=separated      (an exported model, streamed)
+#   make separate IN=song.wav MODEL=model.onnx [RUNTIME=openvino] OUT=separated   (an exported model, streamed)
 #   make export CKPT=runs/<hash>/checkpoints/best.ckpt FORMAT=onnx|torchscript [OUT=model.onnx]
 #   make stats EXP=experiments/mmdensenet/baseline.yaml FRAMES=64
 #   make bench                data-loading and latency benchmarks -> results/bench/
@@ -13,6 +13,8 @@
 #   make plan-4.7 [PROFILE=full RUNS=... STORAGE=...]   each row's run, status, size; runs nothing
 #   make plan-4.7 CONFIG="<row label>"                  that row's resolved config (per stage)
 #   make status [PROFILE=... RUNS=... STORAGE=...]      every table's rows by status
+#   make table-4.13 SEEDS=3   three runs per row (own seeds): intervals and paired tests over them
+#   make results [RUNS=...]   results/README.md: every table, its status and claims (trains nothing)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -32,12 +34,14 @@ SLURM_CONFIG ?=
 SLURM ?=
 PORT ?= 8080
 CONFIG ?=
+SEEDS ?=
+SEEDS_ARG = $(if $(SEEDS),--seeds $(SEEDS))
 # What sweep-%/hpo-% pass on: storage, SLURM settings (SLURM="slurm_partition=gpu gpus_per_node=1").
 SWEEP_ARGS = $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) \
 	--executor $(EXECUTOR) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE)) \
 	$(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG)) $(foreach s,$(SLURM),--slurm $(s))
 
-.PHONY: setup test test-fast lint separate export stats bench list-tables clean-runs dashboard status
+.PHONY: setup test test-fast lint separate export stats bench list-tables clean-runs dashboard status results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +53,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 table-%: setup
-	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(LOGGER),--logger $(LOGGER))
+	$(PY) -m sweeps table $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(LOGGER),--logger $(LOGGER)) $(SEEDS_ARG)
 
 sweep-%: setup
-	$(PY) -m sweeps sweep $* $(SWEEP_ARGS) $(if $(LOGGER),--logger $(LOGGER))
+	$(PY) -m sweeps sweep $* $(SWEEP_ARGS) $(if $(LOGGER),--logger $(LOGGER)) $(SEEDS_ARG)
 
 hpo-%: setup
 	$(PY) -m sweeps hpo $* $(SWEEP_ARGS)
@@ -61,14 +65,17 @@ dashboard: setup
 	$(PY) -m sweeps dashboard --runs-dir $(RUNS) --port $(PORT) $(if $(STORAGE),--storage $(STORAGE))
 
 render-%: setup
-	$(PY) -m sweeps render $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS)
+	$(PY) -m sweeps render $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(SEEDS_ARG)
 
 # @: the output alone, so that `make plan-<id> CONFIG=... > row.yaml` is the config
 plan-%: setup
-	@$(PY) -m sweeps plan $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(CONFIG),--config "$(CONFIG)")
+	@$(PY) -m sweeps plan $* $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(if $(CONFIG),--config "$(CONFIG)") $(SEEDS_ARG)
 
 status: setup
-	@$(PY) -m sweeps status $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE))
+	@$(PY) -m sweeps status $(if $(PROFILE),--profile $(PROFILE)) --runs-dir $(RUNS) $(if $(STORAGE),--storage $(STORAGE)) $(SEEDS_ARG)
+
+results: setup
+	$(PY) -m sweeps results --runs-dir $(RUNS)
 
 list-tables: setup
 	$(PY) -m sweeps list
@@ -84,8 +91,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 separate: setup
-	@test -n "$(IN)" -a -n "$(CKPT)$(MODEL)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> | MODEL=<model.onnx|model.pt> [OUT=<dir>]"; exit 2; }
-	$(PY) -m lightning_modules.inference.separate --input "$(IN)" $(if $(MODEL),--model "$(MODEL)",--checkpoint "$(CKPT)") --out "$(or $(OUT),separated)"
+	@test -n "$(IN)" -a -n "$(CKPT)$(MODEL)" || { echo "usage: make separate IN=<audio file> CKPT=<checkpoint> | MODEL=<model.onnx|model.pt> [RUNTIME=onnxruntime|openvino|torchscript] [OUT=<dir>]"; exit 2; }
+	$(PY) -m lightning_modules.inference.separate --input "$(IN)" $(if $(MODEL),--model "$(MODEL)",--checkpoint "$(CKPT)") $(if $(RUNTIME),--runtime "$(RUNTIME)") --out "$(or $(OUT),separated)"
 
 export: setup
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<checkpoint> [FORMAT=onnx|torchscript] [OUT=<file>]"; exit 2; }
@@ -97,3 +104,4 @@ stats: setup
 bench: setup
 	$(PY) -m datamodules.benchmark --out results/bench
 	$(PY) -m lightning_modules.inference.latency --out results/bench
+	$(PY) -m lightning_modules.evaluation.benchmark --out results/bench

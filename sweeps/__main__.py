@@ -7,6 +7,9 @@
   space in ``sweeps/spaces/``, with pruning of hopeless trials.
 - ``plan 4.3 [--config ROW]``: what ``table 4.3`` would run and each row's status (or one
   row's resolved config); ``status``: every table's rows by status. Both run nothing.
+- ``results``: ``results/README.md``, an index of every table as rendered (trains nothing).
+
+``--seeds n`` (``make table-4.13 SEEDS=n``): n runs per row, each with its own seed.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from sweeps.hpo import available_spaces
 from sweeps.hpo import summary as search_summary
 from sweeps.plan import plan_table
 from sweeps.render import render, results_dir
+from sweeps.results_index import render_index
 from sweeps.specs import (
     REPO,
+    SEEDS_ENV,
     SpecError,
     available_tables,
     canonical_profile,
+    check_seeds,
     default_profile,
     load_table,
 )
@@ -45,6 +51,19 @@ def heartbeat_arg(text: str) -> Heartbeat:
     except ValueError as error:
         message = f"--heartbeat wants INTERVAL,GRACE,RETRIES, got {text!r}"
         raise argparse.ArgumentTypeError(message) from error
+
+
+SEEDS_HELP = (
+    "runs per row, each with its own seed (default: the table's or profile's seeds, else 1); "
+    "seed 1 is the row's usual run"
+)
+
+
+def seeds_arg(text: str) -> int:
+    try:
+        return check_seeds(int(text), "--seeds")
+    except (ValueError, SpecError) as error:
+        raise argparse.ArgumentTypeError(f"--seeds wants an integer >= 1, got {text!r}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
             default=REPO / "results",
             help="tables go to <results-dir>/<profile>/table-<id>.*",
         )
+        if name != "hpo":
+            sub.add_argument("--seeds", type=seeds_arg, default=None, help=SEEDS_HELP)
         if name == "render":
             continue
         sub.add_argument(
@@ -131,7 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--runs-dir", type=Path, default=REPO / "runs")
         sub.add_argument("--storage", default=None, help="as for table; opened read-only")
         sub.add_argument("--heartbeat", type=heartbeat_arg, default=Heartbeat())
+        sub.add_argument("--seeds", type=seeds_arg, default=None, help=SEEDS_HELP)
     commands.add_parser("list", help="list the tables")
+    index = commands.add_parser("results", help="results/README.md: every table, trains nothing")
+    index.add_argument("--results-dir", type=Path, default=REPO / "results")
+    index.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="row statuses from these run folders (default: as the rendered tables say)",
+    )
     board = commands.add_parser("dashboard", help="optuna-dashboard on a storage (localhost)")
     board.add_argument("--storage", default=None)
     board.add_argument("--runs-dir", type=Path, default=REPO / "runs")
@@ -145,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     ignore_library_warnings()
     if args.command == "list":
         print("\n".join(available_tables()))
+        return 0
+    if getattr(args, "seeds", None) is not None:  # planners and workers started from here
+        os.environ[SEEDS_ENV] = str(args.seeds)
+    if args.command == "results":
+        try:
+            print(f"rendered {render_index(args.results_dir, args.runs_dir)}")
+        except SpecError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "dashboard":
         command = dashboard_command(args.storage, args.runs_dir, args.port)

@@ -4,12 +4,18 @@ uses, each stage a fully resolved config in its own hashed run folder.
 References between runs are written ``run:<hash>`` in the hashed configs, so a run's identity
 includes the identity of every run it starts from or combines; they become checkpoint paths
 only when a run executes (``sweeps.runs.execute``).
+
+Seeds: with n seeds per row (``sweeps.specs.seeds_for``), every row is planned n times; seed 1
+is the row's own config (its run is the one it always had), seed k > 1 sets
+``seed_everything`` to the config's seed + k - 1 in every stage, so it is its own run folder.
+Seed k of a row uses seed k of the rows it names (``row:``) and of its ``source:`` row. Seed
+k > 1 is a row of its own to the study (label ``<label> [seed k]``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from sweeps.specs import (
     deep_merge,
     load_profile,
     load_table,
+    seeds_for,
 )
 
 ROW_REFERENCE = "row:"
@@ -42,6 +49,13 @@ class RowPlan:
     row: Row
     stages: tuple[Stage, ...]
     requires: tuple[str, ...]  # labels of the rows whose trained models this row uses
+    seed: int = 1  # 1..n: which of the row's seeds
+    of: str | None = None  # seed > 1: the table row's own label (``row.label`` is seeded)
+
+    @property
+    def table_label(self) -> str:
+        """The label of the table row this plan is a seed of."""
+        return self.of or self.row.label
 
     @property
     def runnable(self) -> bool:
@@ -77,6 +91,21 @@ def _substitute(value: Any, mapping: dict[str, str]) -> Any:
     return value
 
 
+def seeded_label(label: str, seed: int) -> str:
+    """The study's name for seed ``seed`` of a row: the row's own label for seed 1."""
+    return label if seed == 1 else f"{label} [seed {seed}]"
+
+
+def seeded(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Seed ``seed`` (1-based) of a config: itself for 1, else ``seed_everything`` moved on
+    by ``seed - 1`` (from 0 where the config sets no integer seed)."""
+    if seed == 1:
+        return config
+    base = config.get("seed_everything")
+    base = base if isinstance(base, int) and not isinstance(base, bool) else 0
+    return deep_merge(config, {"seed_everything": base + seed - 1})
+
+
 def checked_root(root: str | None) -> str | None:
     """The MUSDB18 root, absolute, after checking that it holds MUSDB18 (``SpecError`` naming
     the path otherwise); None for the synthetic data set."""
@@ -97,41 +126,52 @@ def with_data_root(config: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(config, {"data.root": root}) if root else config
 
 
-def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
-    """Every row's stages, resolved and validated before anything runs."""
+def plan_table(
+    spec: TableSpec, profile: str, runs_root: Path, seeds: int | None = None
+) -> list[RowPlan]:
+    """Every row's stages, resolved and validated before anything runs: for each row of the
+    spec, its seeds 1..n in order (``seeds``: n, default ``seeds_for(spec, profile)``)."""
+    n_seeds = seeds or seeds_for(spec, profile)
     overrides = load_profile(profile)
     rows = {row.label: row for row in spec.rows}
-    plans: dict[str, RowPlan] = {}
+    plans: dict[tuple[str, int], RowPlan] = {}
     keys: dict[str, str] = {}  # run hash -> row key, for the rows that use it
+    others: dict[str, list[RowPlan]] = {}  # tables that rows are taken from
 
-    def plan(row: Row, visiting: tuple[str, ...]) -> RowPlan:
-        if row.label in plans:
-            return plans[row.label]
+    def plan(row: Row, seed: int, visiting: tuple[str, ...]) -> RowPlan:
+        if (row.label, seed) in plans:
+            return plans[row.label, seed]
         if row.label in visiting:
             raise SpecError(f"{spec.path}: rows reference each other in a cycle: {visiting}")
+        of = row.label if seed > 1 else None
+        seed_row = replace(row, label=seeded_label(row.label, seed)) if of else row
         if row.unavailable:
-            plans[row.label] = RowPlan(row, (), ())
-            return plans[row.label]
+            plans[row.label, seed] = RowPlan(seed_row, (), (), seed, of)
+            return plans[row.label, seed]
         if row.source:  # the row of another table, planned (and run) as that table does
-            other = plan_table(load_table(row.source["table"]), profile, runs_root)
-            matches = [p for p in other if p.row.label == row.source["row"]]
+            table = str(row.source["table"])
+            if table not in others:
+                others[table] = plan_table(load_table(table), profile, runs_root, n_seeds)
+            matches = [
+                p for p in others[table] if p.table_label == row.source["row"] and p.seed == seed
+            ]
             if not matches:
                 raise SpecError(f"{spec.path}: row '{row.label}' names unknown {row.source}")
-            plans[row.label] = RowPlan(row, matches[0].stages, ())
-            return plans[row.label]
+            plans[row.label, seed] = RowPlan(seed_row, matches[0].stages, (), seed, of)
+            return plans[row.label, seed]
         mapping, requires = {}, []
         for label in _references(row.overrides) + [r for s in row.stages for r in _references(s)]:
             if label not in rows:
                 raise SpecError(f"{spec.path}: row '{row.label}' uses unknown row '{label}'")
-            used = plan(rows[label], (*visiting, row.label))
+            used = plan(rows[label], seed, (*visiting, row.label))
             mapping[ROW_REFERENCE + label] = RUN_REFERENCE + used.run_dir.name
-            requires.append(label)
+            requires.append(used.row.label)
         stages: list[Stage] = []
         for stage in row.stages:
             config = compose(spec, row, overrides, stage)
             config = deep_merge(config, spec.profile_overrides.get(canonical_profile(profile), {}))
             config = _substitute(config, mapping)
-            config = with_data_root(config)
+            config = with_data_root(seeded(config, seed))
             if stages:  # start from the previous stage's trained weights
                 config = deep_merge(
                     config, {"model.init_args.init_from": RUN_REFERENCE + stages[-1].run_dir.name}
@@ -140,7 +180,8 @@ def plan_table(spec: TableSpec, profile: str, runs_root: Path) -> list[RowPlan]:
             run_dir = run_dir_for(resolved, runs_root)
             keys[run_dir.name] = row_key(resolved, keys)
             stages.append(Stage(resolved, run_dir, keys[run_dir.name]))
-        plans[row.label] = RowPlan(row, tuple(stages), tuple(dict.fromkeys(requires)))
-        return plans[row.label]
+        requires = list(dict.fromkeys(requires))
+        plans[row.label, seed] = RowPlan(seed_row, tuple(stages), tuple(requires), seed, of)
+        return plans[row.label, seed]
 
-    return [plan(row, ()) for row in spec.rows]
+    return [plan(row, seed, ()) for row in spec.rows for seed in range(1, n_seeds + 1)]

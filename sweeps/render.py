@@ -27,10 +27,20 @@ from datamodules.files import write_atomic
 from lightning_modules.dsp.spectral import mel_filterbank
 from lightning_modules.evaluation.bss import aggregate
 from lightning_modules.evaluation.figures import mel_filterbank_figure
+from lightning_modules.evaluation.kernel_pca import assignment_weight, kernel_pca_figure
 from lightning_modules.inference.stats import network_stats, trained_network_stats
 from sweeps.boxplots import table_boxplots
 from sweeps.plan import RowPlan
 from sweeps.plots import epoch_metrics, threshold_figure, training_curves
+from sweeps.row_statistics import (
+    Comparison,
+    combine,
+    comparison,
+    comparison_payload,
+    fmt_interval,
+    fmt_p,
+    group_seeds,
+)
 from sweeps.runs import RESULT, checkpoint_path, load_result
 from sweeps.specs import FULL, REPO, SpecError, TableSpec, canonical_profile, papers
 
@@ -88,8 +98,30 @@ def _psp_threshold_figure(
     return threshold_figure(rows, ramps, path)
 
 
+def _mbc_kernel_pca_figure(
+    spec: TableSpec, plans: list[RowPlan], measured: list[dict | None], path: Path
+) -> Path | None:
+    """Thesis Fig. 4.8 from the table's finished MBC row (the first row whose network is a
+    ``BandChannelDenseNet``); None while that row has not finished."""
+    for plan, m in zip(plans, measured, strict=True):
+        if not plan.runnable:
+            continue
+        net = (plan.resolved["model"].get("init_args") or {}).get("net") or {}
+        if not str(net.get("class_path", "")).endswith("BandChannelDenseNet") or not m:
+            continue
+        checkpoint = checkpoint_path(plan.run_dir, m["result"])
+        if checkpoint is None or not checkpoint.exists():
+            return None
+        return kernel_pca_figure(assignment_weight(checkpoint), path)[0]
+    return None
+
+
 # Figures drawn from the table's finished rows, named under ``figures:`` like the above.
 RESULT_FIGURES = {
+    "mbc_kernel_pca": (
+        _mbc_kernel_pca_figure,
+        "PCA of the l2 norms of the MBC assignment kernels per input map (thesis Fig. 4.8)",
+    ),
     "psp_threshold": (
         _psp_threshold_figure,
         "SDR and sparsity against the pruning threshold (thesis Fig. 5.7)",
@@ -289,6 +321,22 @@ def legend(paper: str) -> str:
     )
 
 
+def _evaluator_text(measured: list[dict | None]) -> str:
+    """Which BSS Eval v4 produced the rows (runs from before the option existed: museval)."""
+    used = sorted(
+        {
+            ((m.get("result") or {}).get("scores") or {}).get("evaluator", "museval")
+            for m in measured
+            if m
+        }
+    )
+    if used == ["fast"]:
+        return "BSS Eval v4 by the fast evaluator, lightning_modules/evaluation/fast_bss.py"
+    if len(used) > 1:
+        return "BSS Eval v4, mixed evaluators: rows by museval and by the fast evaluator"
+    return "museval BSS Eval v4"
+
+
 def _whose_scores(spec: TableSpec) -> str:
     if not any("/" in column for column in spec.columns):
         return "the vocals (unless a note says otherwise)"
@@ -363,7 +411,9 @@ def _smoke_warning(measured: list[dict | None]) -> list[str]:
     ]
 
 
-def _runs_lines(plans: list[RowPlan], statuses: list[dict]) -> list[str]:
+def _runs_lines(
+    plans: list[RowPlan], statuses: list[dict], groups: list[list[RowPlan]] | None = None
+) -> list[str]:
     """Per row: its run folder, the commit that made it and whether it is current."""
     lines = ["Runs (folder under the runs directory, commit, status):"]
     for plan, status in zip(plans, statuses, strict=True):
@@ -378,8 +428,54 @@ def _runs_lines(plans: list[RowPlan], statuses: list[dict]) -> list[str]:
             text = f"not run (would be `{status['run']}`)"
         else:
             text = f"not run ({plan.row.unavailable})"
+        seeds = [p for p in (groups[plans.index(plan)] if groups else [])[1:] if p.runnable]
+        if seeds:
+            text += "; seeds " + ", ".join(
+                f"{p.seed}: `{p.run_dir.name}`"
+                + ("" if (p.run_dir / RESULT).exists() else " (not run)")
+                for p in seeds
+            )
         lines.append(f"- {plan.row.label}: {text}")
     return lines
+
+
+def _seeds_line(groups: list[list[RowPlan]], measured: list[dict | None]) -> str:
+    """How many seeds each row has (run of planned)."""
+    counts = [
+        f"{m['seeds'][0] if m else 0}/{len(g)}" if m and m["seeds"][0] < len(g) else str(len(g))
+        for g, m in zip(groups, measured, strict=True)
+    ]
+    if len(set(counts)) == 1:
+        return f"Seeds per row: {counts[0]}."
+    parts = [f"{g[0].row.label}: {c}" for g, c in zip(groups, counts, strict=True)]
+    return "Seeds per row (run/planned where not all ran): " + "; ".join(parts) + "."
+
+
+def _uncertainty_text(spec: TableSpec, comparisons: list, paper: str) -> list[str]:
+    if spec.layout == "statistics":  # one run's statistics, no intervals
+        return []
+    text = (
+        "Brackets: 95 % bootstrap interval of the median over test tracks (tracks, and seeds "
+        "where a row has several, resampled with replacement; seeds averaged per track)."
+    )
+    if any(comparisons):
+        text += (
+            " Paired Δ: median over tracks of this row minus the named row (seeds averaged per "
+            "track), with its bootstrap interval; p: two-sided Wilcoxon signed-rank test over "
+            f"those tracks. Claim holds?: the {paper}'s stated ordering (Notes) against ours: "
+            "'yes' (p < 0.05, same sign), 'no' (p < 0.05, opposite sign), 'not significant'. "
+            "Over n tracks the smallest possible p is 2/2^n (0.5 for 2 tracks, 0.125 for 4): "
+            "a claim needs at least 6 test tracks to be decided at all."
+        )
+    return ["", text]
+
+
+def _interval_payload(m: dict | None) -> dict[str, float]:
+    """``{<col>_lo: .., <col>_hi: ..}`` of the row's intervals."""
+    out: dict[str, float] = {}
+    for column, (lo, hi) in (m or {}).get("intervals", {}).items():
+        out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
+    return out
 
 
 class WouldDestroy(SpecError):
@@ -416,8 +512,13 @@ def _check_nothing_lost(path: Path, rows: list[dict]) -> None:
 def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Path]:
     """Write the table's .md/.csv/.json into ``out_dir`` (``results_dir(profile)``) from the
     current finished runs of ``plans``; refuses (:class:`WouldDestroy`) to replace measured
-    rows it cannot find."""
-    measured = [measured_row(spec, plan) for plan in plans]
+    rows it cannot find. A row with several seeds (``sweeps.plan``) is one line, combined
+    over its seeds' runs (``sweeps.row_statistics``)."""
+    groups = group_seeds(plans)
+    plans = [group[0] for group in groups]  # seed 1 of each row: its label, its report
+    measured = [combine(spec, g, [measured_row(spec, p) for p in g]) for g in groups]
+    by_label = {plan.row.label: m for plan, m in zip(plans, measured, strict=True)}
+    comparisons = [comparison(spec, plan.row.label, by_label) for plan in plans]
     roots = {plan.run_dir.parent for plan in plans if plan.runnable}
     finished = {k: v for root in roots for k, v in finished_runs_by_key(root).items()}
     statuses = [row_status(plan, m, finished) for plan, m in zip(plans, measured, strict=True)]
@@ -434,8 +535,15 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
                 "scores": m["scores"] if m else None,
                 "provenance": m["result"]["provenance"] if m else None,
                 "results_version": m["result"].get("results_version") if m else None,
+                "seeds": len(group),
+                "seeds_run": m["seeds"][0] if m else 0,
+                "seed_runs": [p.run_dir.name for p in group if p.runnable],
+                "intervals": _interval_payload(m),
+                "comparison": comparison_payload(found),
             }
-            for plan, m, status in zip(plans, measured, statuses, strict=True)
+            for plan, group, m, status, found in zip(
+                plans, groups, measured, statuses, comparisons, strict=True
+            )
         ],
     }
     paths = {kind: out_dir / f"table-{spec.id}.{kind}" for kind in ("md", "csv", "json")}
@@ -444,7 +552,7 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
     if spec.layout == "statistics":
         lines_md, rows_csv = _statistics_layout(spec, plans, measured, statuses)
     else:
-        lines_md, rows_csv = _rows_layout(spec, plans, measured, statuses)
+        lines_md, rows_csv = _rows_layout(spec, plans, measured, statuses, comparisons)
     curves = training_curves(
         [(p.row.label, p.run_dir) for p, m in zip(plans, measured, strict=True) if m],
         out_dir / f"table-{spec.id}-curves.png",
@@ -462,6 +570,12 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
     ]
     notes += [f"- {metric}: {AGGREGATION_TEXT[how]}" for metric, how in spec.aggregates.items()]
     paper = paper_label(spec)
+    notes += [
+        f"- {p.row.label}: the {paper} claims {c.column} {c.direction} than '{c.than}': "
+        f'"{c.quote}"'
+        for p, c in zip(plans, comparisons, strict=True)
+        if c and c.direction
+    ]
     md = [
         f"# Table {spec.id}: {spec.title}",
         "",
@@ -473,17 +587,20 @@ def render(spec: TableSpec, plans: list[RowPlan], out_dir: Path) -> dict[str, Pa
         *_overrides_line(spec, measured),
         *_smoke_warning(measured),
         "",
+        _seeds_line(groups, measured),
+        "",
         *lines_md,
         "",
-        "Ours: medians over tracks of the per-track medians over 1 s frames (museval BSS Eval v4) "
-        f"for {_whose_scores(spec)}. Excluded: test tracks and 1 s frames "
-        "whose SDR BSS Eval leaves undefined (an all-zero reference or estimate frame); the "
-        "medians skip them, as museval does, so a model that outputs silence where it fails "
-        f"is not penalised there: look at this count (and at PES/EPS). {legend(paper)}",
+        "Ours: medians over tracks of the per-track medians over 1 s frames "
+        f"({_evaluator_text(measured)}) for {_whose_scores(spec)}. Excluded: test tracks and "
+        "1 s frames whose SDR BSS Eval leaves undefined (an all-zero reference or estimate "
+        "frame); the medians skip them, as museval does, so a model that outputs silence where "
+        f"it fails is not penalised there: look at this count (and at PES/EPS). {legend(paper)}",
+        *_uncertainty_text(spec, comparisons, paper),
     ]
     if notes:
         md += ["", "Notes:", *notes]
-    md += ["", *_runs_lines(plans, statuses)]
+    md += ["", *_runs_lines(plans, statuses, groups)]
     if curves:
         md += ["", f"Training curves of the rows: ![curves]({curves.name})"]
     for name in spec.figures:
@@ -558,7 +675,9 @@ def _missing(status: dict) -> str:
     return status["status"]
 
 
-def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]]:
+def _rows_layout(
+    spec, plans, measured, statuses, comparisons: list[Comparison | None] | None = None
+) -> tuple[list[str], list[list]]:
     """One line per row; with ``relative_to``, every column is followed by its relative
     change (ours and the thesis's, each against its own reference row's value). The last
     column counts what BSS Eval excluded from the row's medians."""
@@ -567,14 +686,26 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
     header = ["Row"]
     csv_header = ["label"]
     spread = {c for c in spec.columns if spec.aggregates.get(split_column(c)[1]) == "mean_std"}
+    comparisons = comparisons or [None] * len(plans)
+    intervals = {c for m in measured if m for c in m.get("intervals", {})}
     for c in spec.columns:
         header += [f"{c} ({who})" for who in whos]
         csv_header += [c, f"{c}_published"] + ([f"{c}_std"] if c in spread else [])
+        csv_header += [f"{c}_lo", f"{c}_hi"] if c in intervals else []
         if relative:
             header += [f"Δ {c} ({who})" for who in whos]
             csv_header += [f"{c}_delta", f"{c}_delta_published"]
     bss = any(split_column(c)[1] in BSS_METRICS for c in spec.columns)
     header += ["Excluded (SDR)"] if bss else []
+    compared = any(comparisons)
+    claims = any(c and c.direction for c in comparisons)
+    if compared:
+        header += ["Paired Δ [95 %] (ours)", "p (Wilcoxon)"]
+        csv_header += ["paired_than", "paired_column", "paired_delta", "paired_delta_lo"]
+        csv_header += ["paired_delta_hi", "paired_p", "paired_tracks"]
+    if claims:
+        header += [f"{paper_label(spec)}'s claim holds?"]
+        csv_header += ["claim_direction", "claim_holds"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv_rows = [csv_header + list(ROW_STATUS) + list(PROVENANCE)]
     reference: tuple[dict, dict] = ({}, {})
@@ -592,12 +723,17 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
                 cells += [UNAVAILABLE]
             elif m and column in m["spread"]:
                 cells += [f"{_fmt(column, ours)} ({_fmt(column, m['spread'][column])})"]
+            elif m and ours is not None and column in m.get("intervals", {}):
+                cells += [fmt_interval(ours, m["intervals"][column])]
             else:
                 cells += [_fmt(column, ours) if m else _missing(status)]
             cells += [_fmt_published(column, published, row.notes)]
             values += ["" if ours is None else ours, "" if published is None else published]
             if column in spread:
                 values += [m["spread"].get(column, "") if m else ""]
+            if column in intervals:
+                lo, hi = (m or {}).get("intervals", {}).get(column, ("", ""))
+                values += [lo, hi]
             if relative:
                 deltas = [
                     relative_change(ours, reference[0].get(column)),
@@ -606,9 +742,38 @@ def _rows_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]
                 cells += [_fmt_delta(d) for d in deltas]
                 values += ["" if d is None else d for d in deltas]
         cells += [excluded(m)] if bss else []
+        found = comparisons[plans.index(plan)]
+        extra_cells, extra_values = _comparison_cells(found, compared, claims)
+        cells += extra_cells
         md.append("| " + " | ".join(cells) + " |")
-        csv_rows.append([row.label] + values + _csv_provenance(m, status))
+        csv_rows.append([row.label] + values + extra_values + _csv_provenance(m, status))
     return md, csv_rows
+
+
+def _comparison_cells(
+    found: Comparison | None, compared: bool, claims: bool
+) -> tuple[list[str], list[Any]]:
+    """The paired-test and claim cells (.md) and values (.csv) of a row."""
+    cells: list[str] = []
+    values: list[Any] = []
+    if compared:
+        paired = found.paired if found else None
+        if found is None:
+            cells += ["–", "–"]
+            values += [""] * 7
+        elif paired is None or paired.tracks == 0:
+            cells += [f"not run (vs {found.than})", "–"]
+            values += [found.than, found.column] + [""] * 5
+        else:
+            delta = fmt_interval(paired.difference, (paired.lo, paired.hi), sign=True)
+            cells += [f"{delta} {found.column} vs {found.than}", fmt_p(paired.p)]
+            values += [found.than, found.column, paired.difference, paired.lo, paired.hi]
+            values += [paired.p, paired.tracks]
+    if claims:
+        holds = found.holds if found else None
+        cells += [holds or "–"]
+        values += [found.direction if found and found.direction else "", holds or ""]
+    return cells, values
 
 
 def _statistics_layout(spec, plans, measured, statuses) -> tuple[list[str], list[list]]:

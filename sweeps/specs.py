@@ -46,6 +46,9 @@ class Row:
     unavailable: str | None = None  # why the row cannot run yet (a family not built)
     # columns this row cannot have here, with the reason (e.g. a data set we do not have)
     unavailable_columns: dict[str, str] = field(default_factory=dict)
+    # the paper's ordering of this row against another (sweeps.statistics): ``{than: <row>,
+    # column: SDR, direction: higher|lower, quote: "<the paper's words>"}``
+    claim: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,16 @@ class TableSpec:
     profile_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # {metric: aggregation} of the columns read from the runs' scores.json (not museval)
     aggregates: dict[str, str] = field(default_factory=dict)
+    # runs per row, each with its own seed (default 1; a profile or --seeds/SEEDS= may set it)
+    seeds: int | None = None
+    # the row every other row's paired test compares with (default: relative_to)
+    baseline: str | None = None
     path: Path | None = None
+
+    @property
+    def reference(self) -> str | None:
+        """The row the paired tests compare the others with, if any."""
+        return self.baseline or self.relative_to
 
 
 def available_tables() -> list[str]:
@@ -92,6 +104,7 @@ def load_table(table_id: str) -> TableSpec:
                 source=r.get("source"),
                 unavailable=r.get("unavailable"),
                 unavailable_columns=r.get("unavailable_columns") or {},
+                claim=r.get("claim"),
             )
             for r in raw["rows"]
         ]
@@ -112,6 +125,8 @@ def load_table(table_id: str) -> TableSpec:
                 for name, overrides in (raw.get("profile_overrides") or {}).items()
             },
             aggregates=raw.get("aggregates") or {},
+            seeds=raw.get("seeds"),
+            baseline=raw.get("baseline"),
             path=path,
         )
     except (KeyError, TypeError) as error:
@@ -124,6 +139,13 @@ def load_table(table_id: str) -> TableSpec:
         raise SpecError(f"{path}: duplicate row labels {labels}")
     if spec.relative_to is not None and spec.relative_to not in labels:
         raise SpecError(f"{path}: relative_to '{spec.relative_to}' is not a row ({labels})")
+    if spec.baseline is not None and spec.baseline not in labels:
+        raise SpecError(f"{path}: baseline '{spec.baseline}' is not a row ({labels})")
+    if spec.seeds is not None:
+        check_seeds(spec.seeds, f"{path}: seeds")
+    for row in rows:
+        if row.claim is not None:
+            _check_claim(spec, row)
     if spec.paper not in papers():
         raise SpecError(f"{path}: paper '{spec.paper}' is not in {PAPERS} ({sorted(papers())})")
     known = available_profiles()
@@ -143,6 +165,61 @@ def load_table(table_id: str) -> TableSpec:
         if how not in AGGREGATIONS:
             raise SpecError(f"{path}: aggregates.{metric}: '{how}' is not one of {AGGREGATIONS}")
     return spec
+
+
+CLAIM_KEYS = ("than", "column", "direction", "quote")
+
+
+def _check_claim(spec: TableSpec, row: Row) -> None:
+    """A claim names a row, a column of the table, a direction and the paper's own words; the
+    row and column default to the table's reference row and first column."""
+    where = f"{spec.path}: row '{row.label}': claim"
+    claim = row.claim
+    if not isinstance(claim, dict) or set(claim) - set(CLAIM_KEYS):
+        raise SpecError(f"{where} is a mapping of {CLAIM_KEYS}, got {claim!r}")
+    than = claim.get("than", spec.reference)
+    if than not in [r.label for r in spec.rows] or than == row.label:
+        raise SpecError(f"{where}: than '{than}' is not another row of the table")
+    if claim.get("column", spec.columns[0]) not in spec.columns:
+        raise SpecError(f"{where}: column '{claim.get('column')}' is not in {spec.columns}")
+    if claim.get("direction") not in ("higher", "lower"):
+        raise SpecError(
+            f"{where}: direction is 'higher' or 'lower', not {claim.get('direction')!r}"
+        )
+    if not str(claim.get("quote", "")).strip():
+        raise SpecError(f"{where}: quote the paper's sentence that states it (quote: ...)")
+
+
+def claim_of(spec: TableSpec, row: Row) -> dict[str, str] | None:
+    """The row's claim with its defaults filled in (``than``, ``column``)."""
+    if row.claim is None:
+        return None
+    return {"than": spec.reference, "column": spec.columns[0], **row.claim}
+
+
+def check_seeds(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"{where}: the number of seeds per row is an integer >= 1, not {value!r}")
+    return value
+
+
+#: Environment variable by which ``--seeds`` (``make table-<id> SEEDS=n``) reaches the
+#: processes that plan the table (workers of a sweep included).
+SEEDS_ENV = "SWEEPS_SEEDS"
+
+
+def seeds_for(spec: TableSpec, profile: str) -> int:
+    """Seeds per row: ``--seeds`` / ``$SWEEPS_SEEDS``, else the table spec's ``seeds``, else
+    the profile's, else 1."""
+    if text := os.environ.get(SEEDS_ENV):
+        try:
+            return check_seeds(int(text), f"${SEEDS_ENV}")
+        except ValueError as error:
+            raise SpecError(f"${SEEDS_ENV}={text!r} is not a number of seeds") from error
+    if spec.seeds is not None:
+        return spec.seeds
+    raw = _read_profile(profile)
+    return check_seeds(raw.get("seeds", 1), f"profile {canonical_profile(profile)}: seeds")
 
 
 #: Model arguments that are a computing budget, not the model (the neural couplings
@@ -184,13 +261,20 @@ def available_profiles() -> list[str]:
     return sorted({p.stem for folder in profile_dirs() for p in folder.glob("*.yaml")})
 
 
-def load_profile(name: str) -> dict[str, Any]:
+def _read_profile(name: str) -> dict[str, Any]:
     name = canonical_profile(name)
     candidates = [folder / f"{name}.yaml" for folder in profile_dirs()]
     path = next((p for p in candidates if p.exists()), candidates[-1])
     if not path.exists():
         raise SpecError(f"unknown profile '{name}'; available: {', '.join(available_profiles())}")
-    profile = yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """The profile's overrides of a config (its ``seeds`` count is read by ``seeds_for``)."""
+    name = canonical_profile(name)
+    profile = _read_profile(name)
+    profile.pop("seeds", None)
     if profile.pop("requires_musdb_root", False) and not os.environ.get("MUSDB_ROOT"):
         raise SpecError(
             f"profile '{name}' runs on MUSDB18: set MUSDB_ROOT to the data set's root "

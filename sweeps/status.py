@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from datamodules.conventions import chunk_samples, stft_config
 from datamodules.musdb_datamodule import SYNTHETIC_DEFAULTS, resolve_root
 from sweeps.identity import RUN_REFERENCE, identity
-from sweeps.plan import RowPlan, checked_root, plan_table
+from sweeps.plan import RowPlan, checked_root, plan_table, seeded_label
 from sweeps.render import finished_runs_by_key, stale_run
 from sweeps.runs import load_result
 from sweeps.specs import REPO, Row, SpecError, TableSpec, available_tables, load_table
@@ -433,8 +433,8 @@ def inspect_table(
     owner: dict[str, tuple[str, int, int]] = {}  # run hash -> (row label, stage, stages)
     live: set[str] = set()  # rows a worker is running now: they are not started again
     for plan in plans:
-        source = plan.row.source or {"table": spec.id, "row": plan.row.label}
-        trial = notes[str(source["table"])].get(source["row"])
+        source = plan.row.source or {"table": spec.id, "row": plan.table_label}
+        trial = notes[str(source["table"])].get(seeded_label(source["row"], plan.seed))
         if trial is not None and trial.live:
             live.add(plan.row.label)
         first_open = True

@@ -761,6 +761,60 @@ WEAKLY_A3 = {
     },
 }
 WEAKLY_ORACLE = {"class_path": f"{MODULES}.separators.weakly_informed.OracleMagnitudeSeparator"}
+#: Issue #12: MagNet + PhaseNet (experiments/mmdensenet/magnet_phasenet.yaml): both networks on
+#: L_tot, and the PhaseNet's pre-training (MagNet frozen, zeros for the log ratio).
+MAGPHASE_NET = {
+    "class_path": f"{NETS}.phasenet.MagPhaseNet",
+    "init_args": {
+        "magnet": {
+            "class_path": f"{NETS}.MMDenseNet",
+            "init_args": {"out_channels": 3, "output_activation": "none"},
+        },
+        "phasenet": {"class_path": f"{NETS}.phasenet.PhaseNet"},
+    },
+}
+MAGPHASE_TOTAL = {
+    "class_path": f"{MODULES}.separators.phase.MagPhaseSeparator",
+    "init_args": {"net": MAGPHASE_NET, "loss": "total"},
+}
+MAGPHASE_PRETRAINING = copy.deepcopy(MAGPHASE_TOTAL)
+MAGPHASE_PRETRAINING["init_args"]["loss"] = "phase"
+MAGPHASE_PRETRAINING["init_args"]["net"]["init_args"]["magnitude_to_phase"] = False
+
+
+def magphase_net_numbers(config: Mapping[str, Any]) -> Numbers:
+    """MagNet + PhaseNet on a seeded magnitude (2, 1, 1024, 8) and features (2, 2, 1024, 8),
+    in train and eval mode: the mask and the phase logits."""
+    from lightning_modules.inference.stats import net_from_config
+
+    torch.manual_seed(0)
+    net = net_from_config(dict(config))
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 1024, 8, generator=generator)
+    features = torch.rand(2, 2, 1024, 8, generator=generator) * 2 - 1
+    numbers: Numbers = {"params": float(sum(p.numel() for p in net.parameters()))}
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        with torch.no_grad():
+            out = net(x, features)
+        for head, value in sorted(out.items()):
+            numbers.update(tensor_summary(f"{mode}.{head}", value))
+    return numbers
+
+
+def phasenet_numbers(config: Mapping[str, Any]) -> Numbers:
+    """The PhaseNet alone on seeded features (2, 2, 1024, 8) and log ratio (2, 1, 1024, 8)."""
+    torch.manual_seed(0)
+    net = build_net(config)
+    generator = torch.Generator().manual_seed(1)
+    features = torch.rand(2, 2, 1024, 8, generator=generator) * 2 - 1
+    log_ratio = torch.log(torch.rand(2, 1, 1024, 8, generator=generator) * 2 + 1e-6)
+    numbers: Numbers = {"params": float(sum(p.numel() for p in net.parameters()))}
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        with torch.no_grad():
+            numbers.update(tensor_summary(f"{mode}.main", net(features, log_ratio)))
+    return numbers
 
 
 def weakly_net_numbers(config: Mapping[str, Any]) -> Numbers:
@@ -785,6 +839,48 @@ MMDENSENET_MEL_BC = {  # the final model's network without its embedding head
     "init_args": {k: v for k, v in FINAL_NET["init_args"].items() if "embedding" not in k},
 }
 MULTIHEAD_DECODER = MULTITASK_JOINT["init_args"]["net"]
+_MB_BANDS = [
+    {"low_hz": 0, "high_hz": 4000, "growth_rate": 3},
+    {"low_hz": 4000, "high_hz": 16000, "growth_rate": 2},
+]
+MULTIBAND_SMALL = {  # both kinds of multi-band block (thesis 4.4.2) with overlaps, at toy size
+    "class_path": f"{NETS}.multiband.MultiBandDenseNet",
+    "init_args": {
+        "scales": [
+            {
+                "bands": [{**b, "input_kernels": 4} for b in _MB_BANDS],
+                "full_growth_rate": 2,
+                "full_input_kernels": 4,
+                "layers": 2,
+                "overlap": 0.1,
+                "shared_internal": 2,
+                "shared_output": 3,
+                "forced_output": 4,
+            },
+            {
+                "bands": [{**b, "layers": 2} for b in _MB_BANDS],
+                "full_growth_rate": 2,
+                "full_layers": 1,
+                "overlap": 0.1,
+                "shared_input": 2,
+                "shared_output": 2,
+            },
+            {"bands": [], "full_growth_rate": 3, "layers": 2},
+        ],
+        "final_growth_rate": 3,
+        "final_layers": 1,
+    },
+}
+MBC_SMALL = {  # multi-band channels (thesis 4.4.1) at toy size
+    "class_path": f"{NETS}.multiband.BandChannelDenseNet",
+    "init_args": {
+        "cutoff_bin": 32,
+        "first_channels": 8,
+        "growth_rate": 4,
+        "layers": 2,
+        "kernels_per_band": 4,
+    },
+}
 
 
 def _set_final_threshold(model: Any) -> None:
@@ -818,6 +914,8 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
     _net("MultiHeadMMDenseNet/decoder_head", MULTIHEAD_DECODER, (2, 1, 1024, 8)),
     _net("MultiHeadMMDenseNet/final", FINAL_NET, (2, 1, 128, 8)),
     _net("SamsNet/small_3_slices", SAMSNET_SMALL, (2, 2, 33, 13)),
+    _net("MultiBandDenseNet/small", MULTIBAND_SMALL, (2, 1, 64, 8)),
+    _net("BandChannelDenseNet/small", MBC_SMALL, (2, 1, 64, 8)),
     _model("Separator/test_protocol", LEAKY_ORACLE),
     _model("SpectrogramSeparator/baseline", BASELINE),
     _model("SpectrogramSeparator/mel_wf_mask", MEL_MMDENSENET),
@@ -876,6 +974,14 @@ FINGERPRINTS: tuple[Fingerprint, ...] = (
     ),
     _model("WeaklyInformedSeparator/a3_small", WEAKLY_A3, data=WEAKLY_DATA),
     _model("OracleMagnitudeSeparator/vocals", WEAKLY_ORACLE, data=WEAKLY_DATA),
+    Fingerprint("MagPhaseNet/both", (MAGPHASE_NET,), lambda ws: magphase_net_numbers(MAGPHASE_NET)),
+    Fingerprint(
+        "PhaseNet/default",
+        (MAGPHASE_NET["init_args"]["phasenet"],),
+        lambda ws: phasenet_numbers(MAGPHASE_NET["init_args"]["phasenet"]),
+    ),
+    _model("MagPhaseSeparator/total", MAGPHASE_TOTAL),
+    _model("MagPhaseSeparator/phase_pretraining", MAGPHASE_PRETRAINING),
 )
 BY_NAME: dict[str, Fingerprint] = {fp.name: fp for fp in FINGERPRINTS}
 

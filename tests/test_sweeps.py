@@ -78,7 +78,13 @@ def test_summary_rows_are_the_other_tables_runs(tmp_path) -> None:
     summary = {p.row.label: p for p in plan_table(load_table("4.14"), "ci", tmp_path)}
     chimera = {p.row.label: p for p in plan_table(load_table("4.13"), "ci", tmp_path)}
     assert summary["Deep clustering, alpha = 0.5"].run_dir == chimera["WF-MA, alpha 0.5"].run_dir
-    assert not summary["Multi-band channels"].runnable
+    multiband = {p.row.label: p for p in plan_table(load_table("4.10"), "ci", tmp_path)}
+    assert summary["Multi-band channels"].run_dir == multiband["MBC"].run_dir
+    assert summary["Multi-band dense blocks (MBDB-1)"].run_dir == multiband["MBDB-1"].run_dir
+    phase = {p.row.label: p for p in plan_table(load_table("4.11"), "ci", tmp_path)}
+    bootstrapped = summary["MagNet + PhaseNet, L_tot, bootstrapped"]
+    assert bootstrapped.run_dir == phase["L_tot, bootstrapped"].run_dir
+    assert all(p.runnable for p in summary.values())  # Table 4.14 has no "not run" family left
     # single-task rows of the multi-task table are Table 4.6's runs, trained once
     multitask = {p.row.label: p for p in plan_table(load_table("4.7"), "ci", tmp_path)}
     masks = {p.row.label: p for p in plan_table(load_table("4.6"), "ci", tmp_path)}

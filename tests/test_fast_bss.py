@@ -272,8 +272,9 @@ def test_every_separator_takes_the_evaluator_option():
     pending = [Separator]
     while pending:
         for sub in pending.pop().__subclasses__():
-            classes.add(sub)
             pending.append(sub)
+            if sub.__module__.startswith("lightning_modules."):  # not the tests' own fakes
+                classes.add(sub)
     assert len(classes) >= 8
     for cls in classes:
         parameters = inspect.signature(cls.__init__).parameters

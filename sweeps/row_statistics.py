@@ -16,7 +16,15 @@ import numpy as np
 
 from sweeps.plan import RowPlan
 from sweeps.specs import TableSpec, claim_of
-from sweeps.statistics import Paired, bootstrap_interval, paired_test, per_track, point, verdict
+from sweeps.statistics import (
+    Paired,
+    bootstrap_interval,
+    paired_test,
+    per_track,
+    point,
+    seed_matrix,
+    verdict,
+)
 
 BSS = ("SDR", "SIR", "SAR", "ISR")  # metrics with one median per track in the museval files
 MEAN_TARGET = "mean"
@@ -49,10 +57,7 @@ def track_matrix(
         for plan, m in zip(plans, measured, strict=True)
         if m
     ]
-    if not by_seed:
-        return None
-    names = sorted(set.intersection(*(set(t) for t in by_seed)))
-    return names, np.array([[t[name] for name in names] for t in by_seed], dtype=float)
+    return seed_matrix(by_seed) if by_seed else None
 
 
 def combine(spec: TableSpec, plans: list[RowPlan], measured: list[dict | None]) -> dict | None:
